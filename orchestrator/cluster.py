@@ -1,0 +1,42 @@
+"""Where Ray runs: an embedded local instance by default, or a running cluster (``--address`` / ``RAY_ADDRESS``)."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+SHARED_STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfss://", "hdfs://")
+
+
+def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
+    """Start or join Ray; returns a description for the user. Reuses a Ray already initialized in this process."""
+    import ray
+
+    if ray.is_initialized():
+        return "the Ray instance already running in this process"
+    address = address or os.environ.get("RAY_ADDRESS")
+    if address:
+        ray.init(address=address, log_to_driver=True)
+        return f"Ray cluster at {address}"
+    # address="local" always starts a fresh instance owned by this process: never attach to someone else's.
+    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+    return "embedded local Ray"
+
+
+def default_storage() -> str:
+    """Tune's storage path for local runs: ``./ray_results`` next to MLflow's ``mlflow.db``."""
+    return str(Path.cwd() / "ray_results")
+
+
+def normalize_storage(storage: str | None) -> str:
+    """An absolute local path or a URI (``s3://...``)."""
+    if not storage:
+        return default_storage()
+    if "://" in storage:
+        return storage
+    return str(Path(storage).expanduser().resolve())
+
+
+def is_shared(storage: str) -> bool:
+    """Whether every node of a cluster can reach ``storage`` (needed for checkpoints once there are several)."""
+    return storage.startswith(SHARED_STORAGE_SCHEMES) or os.environ.get("DEEPREPRO_SHARED_STORAGE") == "1"

@@ -1,0 +1,119 @@
+"""A registered trainable -> a Tune trainable, run one of two ways.
+
+- One worker, no GPU: the train function runs inside the Tune trial's own process (about 1 s of overhead a trial).
+- ``num_workers > 1`` or GPUs: the trial launches a Ray Train ``TorchTrainer`` worker group (DDP; gloo on CPU,
+  NCCL on GPU) and forwards its reports to Tune. The group's run is named after the trial id under the sweep's
+  storage, so a retried or resumed trial finds its own checkpoints again (a group costs ~30 s a trial here).
+
+Both paths call the same ``spec.train(config, ctx)``; only the :mod:`trainables.context` differs.
+"""
+
+from __future__ import annotations
+
+import math
+import posixpath
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from trainables import registry
+
+# The Tune trial that drives a worker group mostly waits on it: a small CPU share keeps it from blocking workers.
+WORKER_GROUP_DRIVER_CPUS = 0.25
+
+
+@dataclass(frozen=True)
+class TrialResources:
+    """What one trial may use: ``cpus``/``gpus`` are per trial, split evenly over ``num_workers``."""
+
+    num_workers: int = 1
+    cpus: float = 1.0
+    gpus: float = 0.0
+
+    def __post_init__(self) -> None:
+        if self.num_workers < 1:
+            raise registry.ConfigError(f"--workers must be >= 1, got {self.num_workers}")
+        if self.cpus <= 0 or self.gpus < 0:
+            raise registry.ConfigError(f"CPUs per trial must be > 0 and GPUs >= 0, got {self.cpus}, {self.gpus}")
+
+    @property
+    def use_gpu(self) -> bool:
+        return self.gpus > 0
+
+    @property
+    def uses_worker_group(self) -> bool:
+        return self.num_workers > 1 or self.use_gpu
+
+    def per_worker(self) -> dict[str, float]:
+        resources = {"CPU": self.cpus / self.num_workers}
+        if self.use_gpu:
+            resources["GPU"] = self.gpus / self.num_workers
+        return resources
+
+    def describe(self) -> str:
+        where = f"{self.num_workers} DDP worker(s) via Ray Train" if self.uses_worker_group else "in the trial process"
+        return f"{self.cpus:g} CPU, {self.gpus:g} GPU per trial, {where}"
+
+
+def make_trainable(
+    trainable: str, resources: TrialResources, *, storage_path: str, experiment_name: str
+) -> Callable[[dict[str, Any]], None]:
+    """The Tune function trainable (with its resource request) for registered ``trainable``."""
+    from ray import tune
+
+    registry.get(trainable)  # fail in the driver, not in every trial
+
+    if not resources.uses_worker_group:
+        threads = max(1, math.floor(resources.cpus))
+
+        def run_in_trial_process(config: dict[str, Any]) -> None:
+            import torch
+
+            from trainables.context import TuneContext
+
+            torch.set_num_threads(threads)  # as many threads as CPUs the trial holds: trials share the machine
+            registry.get(trainable).train(config, TuneContext())
+
+        run_in_trial_process.__name__ = trainable
+        return tune.with_resources(run_in_trial_process, {"CPU": resources.cpus})
+
+    train_storage = posixpath.join(storage_path, experiment_name, "worker_groups")
+
+    def run_worker_group(config: dict[str, Any]) -> None:
+        import ray.train
+        from ray.train.torch import TorchConfig, TorchTrainer
+        from ray.tune.integration.ray_train import TuneReportCallback
+
+        trial_id = tune.get_context().get_trial_id()
+        trainer = TorchTrainer(
+            _train_worker,
+            train_loop_config={"trainable": trainable, "config": config,
+                               "threads": max(1, math.floor(resources.per_worker()["CPU"]))},
+            scaling_config=ray.train.ScalingConfig(
+                num_workers=resources.num_workers,
+                use_gpu=resources.use_gpu,
+                resources_per_worker=resources.per_worker(),
+            ),
+            torch_config=TorchConfig(backend="nccl" if resources.use_gpu else "gloo"),
+            run_config=ray.train.RunConfig(
+                # Deterministic name: a retried/resumed trial restores this group's latest checkpoint.
+                name=trial_id,
+                storage_path=train_storage,
+                callbacks=[TuneReportCallback()],
+                checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
+            ),
+        )
+        trainer.fit()
+
+    run_worker_group.__name__ = trainable
+    return tune.with_resources(run_worker_group, {"CPU": WORKER_GROUP_DRIVER_CPUS})
+
+
+def _train_worker(loop_config: dict[str, Any]) -> None:
+    """One rank of the worker group: look the trainable up by name and run it on a Train context."""
+    import torch
+
+    from trainables.context import TrainWorkerContext
+
+    torch.set_num_threads(loop_config["threads"])
+    registry.get(loop_config["trainable"]).train(loop_config["config"], TrainWorkerContext())

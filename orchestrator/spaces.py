@@ -1,0 +1,232 @@
+"""Search-space files: a small YAML grammar over Ray Tune's sampling primitives.
+
+A file in ``search_spaces/`` (or any path) reads::
+
+    trainable: resnet            # a registered trainable
+    description: stochastic-depth survival rate x schedule
+    metric: val_error            # what the final table ranks by, and what a scheduler watches
+    mode: min
+    seeds: 2                     # repeats: each config runs with seed 0..seeds-1
+    samples: 1                   # Tune num_samples (for random primitives)
+    scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # optional; or --scheduler
+    config:                      # fixed values over the trainable's defaults
+      depth: 20
+    space:                       # what is searched
+      p_L: {grid: [0.2, 0.5, 0.8, 1.0]}
+      sd_schedule: {grid: [linear, uniform]}
+
+Primitives: ``grid`` (every value), ``choice`` (sampled), ``uniform``/``loguniform`` ``[low, high]``,
+``randint`` ``[low, high)``. Everything is validated against the trainable's config before Ray starts.
+"""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from trainables.registry import ConfigError, TrainableSpec
+
+SPACES_DIR = Path(__file__).resolve().parents[1] / "search_spaces"
+PRIMITIVES = ("grid", "choice", "uniform", "loguniform", "randint")
+TOP_LEVEL_KEYS = {"trainable", "description", "metric", "mode", "seeds", "samples", "scheduler", "config", "space"}
+SCHEDULERS = ("none", "asha")
+
+
+@dataclass
+class SweepSpace:
+    """A parsed search-space file."""
+
+    name: str
+    path: Path
+    trainable: str
+    metric: str
+    mode: str
+    description: str = ""
+    seeds: int = 1
+    samples: int = 1
+    scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
+    fixed: dict[str, Any] = field(default_factory=dict)
+    searched: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def with_overrides(self, overrides: Mapping[str, Any]) -> SweepSpace:
+        """``--set key=value`` pins a key: it leaves the searched keys and joins the fixed ones."""
+        searched = {k: v for k, v in self.searched.items() if k not in overrides}
+        return SweepSpace(**{**self.__dict__, "fixed": {**self.fixed, **overrides}, "searched": searched})
+
+    def swept_keys(self) -> list[str]:
+        """The keys that vary between trials (seed last, when repeats are asked for)."""
+        return list(self.searched) + (["seed"] if self.seeds > 1 else [])
+
+    def validate(self, spec: TrainableSpec) -> dict[str, Any]:
+        """Check every value the sweep can produce against ``spec``; returns the resolved base config.
+
+        Grid and choice values are checked in every combination; continuous ranges at both ends.
+        """
+        base = spec.resolve(self.fixed)
+        for key in self.searched:
+            if key not in spec.defaults:
+                raise ConfigError(
+                    f"space '{self.name}': trainable '{spec.name}' has no config key '{key}'; "
+                    f"known keys: {', '.join(sorted(spec.defaults))}"
+                )
+        axes = [[(key, value) for value in _candidate_values(prim)] for key, prim in self.searched.items()]
+        combos = itertools.islice(itertools.product(*axes), 20_000)
+        for combo in combos:
+            try:
+                spec.resolve({**self.fixed, **dict(combo)})
+            except ConfigError as err:
+                where = ", ".join(f"{k}={v!r}" for k, v in combo)
+                raise ConfigError(f"space '{self.name}' ({where}): {err}") from None
+        return base
+
+    def param_space(self, base: Mapping[str, Any]) -> dict[str, Any]:
+        """The Tune ``param_space``: the full resolved config with searched keys replaced by Tune primitives."""
+        from ray import tune
+
+        space: dict[str, Any] = dict(base)
+        for key, prim in self.searched.items():
+            (kind, values), = prim.items()
+            if kind == "grid":
+                space[key] = tune.grid_search(list(values))
+            elif kind == "choice":
+                space[key] = tune.choice(list(values))
+            else:
+                space[key] = getattr(tune, kind)(*values)
+        if self.seeds > 1:
+            space["seed"] = tune.grid_search([int(base["seed"]) + i for i in range(self.seeds)])
+        return space
+
+    def num_trials(self) -> int:
+        """How many trials the sweep launches (grid product x samples x seeds)."""
+        grid = 1
+        for prim in self.searched.values():
+            if "grid" in prim:
+                grid *= len(prim["grid"])
+        return grid * self.samples * self.seeds
+
+
+def available_spaces() -> list[str]:
+    """Names of the search spaces shipped in ``search_spaces/``."""
+    return sorted(p.stem for p in SPACES_DIR.glob("*.yaml"))
+
+
+def load_space(name_or_path: str) -> SweepSpace:
+    """Parse a space by name (``search_spaces/NAME.yaml``) or path; :class:`ConfigError` on any malformation."""
+    path = Path(name_or_path)
+    if not path.suffix:
+        path = SPACES_DIR / f"{name_or_path}.yaml"
+    if not path.is_file():
+        raise ConfigError(
+            f"no search space '{name_or_path}' (looked for {path}); available: {', '.join(available_spaces())}"
+        )
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as err:
+        mark = getattr(err, "problem_mark", None)
+        where = f" at line {mark.line + 1}" if mark is not None else ""
+        raise ConfigError(f"search space {path} is not valid YAML{where}: {getattr(err, 'problem', err)}") from None
+    return parse_space(raw, name=path.stem, path=path)
+
+
+def parse_space(raw: Any, *, name: str, path: Path) -> SweepSpace:
+    """Check the grammar of an already-loaded YAML document (see the module docstring)."""
+    def fail(message: str) -> ConfigError:
+        return ConfigError(f"search space {path}: {message}")
+
+    if not isinstance(raw, dict):
+        raise fail("must be a mapping with at least 'trainable' and 'metric'")
+    unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
+    if unknown:
+        raise fail(f"unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
+    for required in ("trainable", "metric"):
+        if not isinstance(raw.get(required), str):
+            raise fail(f"'{required}' must be given as a string")
+    mode = raw.get("mode", "max")
+    if mode not in ("min", "max"):
+        raise fail(f"mode must be 'min' or 'max', got {mode!r}")
+    for count in ("seeds", "samples"):
+        if not isinstance(raw.get(count, 1), int) or raw.get(count, 1) < 1:
+            raise fail(f"'{count}' must be a positive integer, got {raw.get(count)!r}")
+    fixed = raw.get("config") or {}
+    if not isinstance(fixed, dict):
+        raise fail("'config' must be a mapping of fixed values")
+    searched_raw = raw.get("space") or {}
+    if not isinstance(searched_raw, dict):
+        raise fail("'space' must be a mapping from config keys to primitives")
+    searched = {key: _parse_primitive(key, prim, fail) for key, prim in searched_raw.items()}
+    both = sorted(set(fixed) & set(searched))
+    if both:
+        raise fail(f"key(s) {', '.join(both)} are both fixed in 'config' and searched in 'space'")
+    return SweepSpace(
+        name=name,
+        path=path,
+        trainable=raw["trainable"],
+        metric=raw["metric"],
+        mode=mode,
+        description=str(raw.get("description", "")),
+        seeds=raw.get("seeds", 1),
+        samples=raw.get("samples", 1),
+        scheduler=parse_scheduler(raw.get("scheduler"), fail),
+        fixed=dict(fixed),
+        searched=searched,
+    )
+
+
+def parse_scheduler(raw: Any, fail: Any = None) -> dict[str, Any]:
+    """``none``, ``asha`` or ``{type: asha, grace_period: .., reduction_factor: ..}``."""
+    fail = fail or (lambda message: ConfigError(message))
+    if raw is None:
+        return {"type": "none"}
+    if isinstance(raw, str):
+        raw = {"type": raw}
+    if not isinstance(raw, dict) or raw.get("type") not in SCHEDULERS:
+        raise fail(f"scheduler must be one of {', '.join(SCHEDULERS)} (or a mapping with 'type'), got {raw!r}")
+    allowed = {"type", "grace_period", "reduction_factor"}
+    extra = sorted(set(raw) - allowed)
+    if extra:
+        raise fail(f"scheduler option(s) {', '.join(extra)} not understood; allowed: {', '.join(sorted(allowed))}")
+    return dict(raw)
+
+
+def _parse_primitive(key: str, prim: Any, fail: Any) -> dict[str, Any]:
+    if not isinstance(prim, dict) or len(prim) != 1:
+        raise fail(f"'{key}' must be one primitive such as {{grid: [...]}}; got {prim!r}")
+    (kind, values), = prim.items()
+    if kind not in PRIMITIVES:
+        raise fail(f"'{key}': unknown primitive '{kind}'; use one of {', '.join(PRIMITIVES)}")
+    if not isinstance(values, list) or not values:
+        raise fail(f"'{key}': {kind} needs a non-empty list")
+    if kind in ("uniform", "loguniform", "randint"):
+        if len(values) != 2 or not all(isinstance(v, (int, float)) for v in values) or values[0] >= values[1]:
+            raise fail(f"'{key}': {kind} needs [low, high] with low < high, got {values!r}")
+        if kind == "loguniform" and values[0] <= 0:
+            raise fail(f"'{key}': loguniform needs low > 0, got {values!r}")
+    return {kind: values}
+
+
+def _candidate_values(prim: Mapping[str, Any]) -> list[Any]:
+    (kind, values), = prim.items()
+    if kind in ("grid", "choice"):
+        return list(values)
+    if kind == "randint":
+        return [values[0], values[1] - 1]
+    return list(values)
+
+
+def parse_overrides(items: list[str]) -> dict[str, Any]:
+    """``["epochs=2", "p_L=0.5", "lr_milestones=[0.5,0.75]"]`` -> typed values (YAML scalars)."""
+    overrides: dict[str, Any] = {}
+    for item in items:
+        key, sep, text = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"--set expects key=value, got {item!r}")
+        try:
+            overrides[key.strip()] = yaml.safe_load(text) if text.strip() else None
+        except yaml.YAMLError:
+            raise ConfigError(f"--set {item!r}: value is not a valid YAML scalar or list") from None
+    return overrides

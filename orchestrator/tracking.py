@@ -1,0 +1,240 @@
+"""MLflow tracking: one parent run per sweep, one nested child run per trial, written only by the Tune driver.
+
+Workers never talk to MLflow: the sqlite store stays safe from concurrent writers, and on a cluster only the head
+(where the driver runs) must reach the tracking server. The child runs carry ``mlflow.parentRunId`` so the MLflow UI
+nests them under the sweep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from ray.tune import Callback
+
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
+TRIAL_ID_TAG = "ray.trial_id"
+# Tune's own bookkeeping keys: not metrics of the method.
+_NOT_METRICS = {
+    "training_iteration", "timestamp", "pid", "done", "time_this_iter_s", "time_since_restore",
+    "iterations_since_restore", "should_checkpoint", "checkpoint_dir_name", "checkpoint_path",
+}
+
+
+class TrackingError(RuntimeError):
+    """The tracking store cannot be used (unreachable server, unwritable file). One readable line."""
+
+
+def resolve_tracking_uri(cli_uri: str | None = None) -> str:
+    """``--tracking-uri``, else ``MLFLOW_TRACKING_URI``, else MLflow's own default ``sqlite:///mlflow.db`` (cwd).
+
+    A relative sqlite path is made absolute, so Ray processes with another working directory write the same file.
+    """
+    uri = cli_uri or os.environ.get("MLFLOW_TRACKING_URI") or DEFAULT_TRACKING_URI
+    prefix = "sqlite:///"
+    if uri.startswith(prefix) and not uri[len(prefix):].startswith("/"):
+        uri = prefix + str(Path.cwd() / uri[len(prefix):])
+    return uri
+
+
+def check_reachable(uri: str, timeout: float = 5.0) -> None:
+    """Fail fast (and write nothing) when an HTTP tracking server does not answer; MLflow's client would retry
+    for minutes first."""
+    if uri.startswith(("http://", "https://")):
+        url = uri.rstrip("/") + "/health"
+        try:
+            with urllib.request.urlopen(url, timeout=timeout) as response:  # noqa: S310 (user-given server)
+                if response.status >= 400:
+                    raise TrackingError(f"MLflow tracking server {uri} answered HTTP {response.status} on /health")
+        except (urllib.error.URLError, TimeoutError, ConnectionError, OSError) as err:
+            reason = getattr(err, "reason", err)
+            raise TrackingError(f"MLflow tracking server {uri} is unreachable: {reason}") from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri[len("sqlite:///"):]).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"cannot write the MLflow sqlite store {uri}: {folder} is not a writable folder")
+
+
+def git_commit(cwd: str | Path | None = None) -> str | None:
+    """The commit of the checkout the code runs from, when there is one."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "HEAD"], cwd=cwd or Path(__file__).resolve().parent,
+            capture_output=True, text=True, timeout=5, check=True,
+        )
+        return out.stdout.strip() or None
+    except (OSError, subprocess.SubprocessError):
+        return None
+
+
+def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
+    """Nested config -> ``{"a.b": "value"}`` strings, the way MLflow params are stored."""
+    flat: dict[str, str] = {}
+    for key, value in config.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, Mapping):
+            flat.update(flatten(value, prefix=f"{name}."))
+        else:
+            flat[name] = json.dumps(value) if isinstance(value, (list, tuple)) else str(value)
+    return flat
+
+
+class SweepTracker:
+    """The parent run of one sweep, and the client every child run is written with."""
+
+    def __init__(self, tracking_uri: str, experiment_name: str) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_name = experiment_name
+        self.parent_run_id: str | None = None
+        self._client: Any = None
+
+    @property
+    def client(self) -> Any:
+        if self._client is None:
+            from mlflow.tracking import MlflowClient
+
+            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        # Tune pickles its callbacks with the experiment; an open sqlite engine does not pickle (nor should it).
+        return {**self.__dict__, "_client": None}
+
+    def experiment_id(self) -> str:
+        experiment = self.client.get_experiment_by_name(self.experiment_name)
+        if experiment is not None:
+            return experiment.experiment_id
+        return self.client.create_experiment(self.experiment_name)
+
+    def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
+        run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=dict(tags))
+        self.parent_run_id = run.info.run_id
+        self._log_params(self.parent_run_id, flatten(params))
+        return self.parent_run_id
+
+    def reopen_parent(self, run_id: str) -> None:
+        self.parent_run_id = run_id
+        self.client.update_run(run_id, status="RUNNING")
+
+    def end_parent(self, status: str) -> None:
+        if self.parent_run_id:
+            self.client.set_terminated(self.parent_run_id, status=status)
+
+    def _log_params(self, run_id: str, params: Mapping[str, str]) -> None:
+        from mlflow.entities import Param
+
+        items = [Param(k, v[:6000]) for k, v in params.items()]
+        for start in range(0, len(items), 100):  # MLflow's batch limit for params
+            self.client.log_batch(run_id, params=items[start:start + 100])
+
+
+class MlflowTrialCallback(Callback):
+    """A Tune callback that mirrors every trial into a nested MLflow child run of the sweep's parent run.
+
+    Child runs are found again by their ``ray.trial_id`` tag, so a resumed sweep continues the same runs.
+    A trial that errors ends FAILED; one still running when the sweep is interrupted ends KILLED.
+    """
+
+    def __init__(self, tracker: SweepTracker, tags: Mapping[str, str] | None = None,
+                 swept_keys: list[str] | None = None) -> None:
+        self.tracker = tracker
+        self.tags = dict(tags or {})
+        self.swept_keys = list(swept_keys or [])
+        self._runs: dict[str, str] = {}
+        self.unfinished: list[str] = []
+        self.failed: list[str] = []
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_runs": {}}
+
+    # -- runs ------------------------------------------------------------------------------------------------
+    def run_id(self, trial: Any) -> str:
+        if trial.trial_id in self._runs:
+            return self._runs[trial.trial_id]
+        client, parent = self.tracker.client, self.tracker.parent_run_id
+        existing = client.search_runs(
+            [self.tracker.experiment_id()],
+            filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'",
+            max_results=1,
+        )
+        if existing:
+            run_id = existing[0].info.run_id
+            client.update_run(run_id, status="RUNNING")
+        else:
+            swept = ",".join(f"{k}={trial.config.get(k)}" for k in self.swept_keys)
+            tags = {**self.tags, "mlflow.parentRunId": parent, TRIAL_ID_TAG: trial.trial_id,
+                    "ray.trial_name": str(trial), "swept": swept}
+            run = client.create_run(self.tracker.experiment_id(), run_name=swept or str(trial), tags=tags)
+            run_id = run.info.run_id
+            self.tracker._log_params(run_id, flatten(trial.config))
+        self._runs[trial.trial_id] = run_id
+        return run_id
+
+    # -- Tune hooks --------------------------------------------------------------------------------------------
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.run_id(trial)
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        from mlflow.entities import Metric
+
+        step = int(result.get("training_iteration", 0))
+        now = int(time.time() * 1000)
+        metrics = [
+            Metric(key, float(value), now, step)
+            for key, value in result.items()
+            if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
+        ]
+        self.tracker.client.log_batch(self.run_id(trial), metrics=metrics)
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        self._log_artifacts(run_id, trial)
+        self.tracker.client.set_terminated(run_id, status="FINISHED")
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        error = _trial_error_text(trial)
+        self.tracker.client.set_tag(run_id, "error", error[-4000:])
+        self._log_artifacts(run_id, trial)
+        self.tracker.client.set_terminated(run_id, status="FAILED")
+        self.failed.append(trial.trial_id)
+
+    def on_experiment_end(self, trials: list, **info: Any) -> None:
+        # Trials neither TERMINATED nor ERROR were cut off by an interrupt: their runs must not stay RUNNING.
+        self.unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        for trial in trials:
+            if trial.trial_id in self.unfinished and trial.trial_id in self._runs:
+                self.tracker.client.set_terminated(self._runs[trial.trial_id], status="KILLED")
+
+    # -- helpers -------------------------------------------------------------------------------------------------
+    def _log_artifacts(self, run_id: str, trial: Any) -> None:
+        client = self.tracker.client
+        with tempfile.TemporaryDirectory() as tmp:
+            config_path = Path(tmp) / "config.json"
+            config_path.write_text(json.dumps(trial.config, indent=2, default=str))
+            client.log_artifact(run_id, str(config_path))
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            with checkpoint.as_directory() as path:
+                client.log_artifacts(run_id, path, artifact_path="checkpoint")
+        else:
+            # A Ray Train worker group reports its checkpoint's location instead of a Tune checkpoint.
+            path = (trial.last_result or {}).get("checkpoint_path")
+            if path and os.path.isdir(path):
+                client.log_artifacts(run_id, path, artifact_path="checkpoint")
+
+
+def _trial_error_text(trial: Any) -> str:
+    for attribute in ("error_file", "pickled_error_file"):
+        path = getattr(trial, attribute, None)
+        if path and os.path.isfile(path) and not path.endswith(".pkl"):
+            return Path(path).read_text(errors="replace")
+    return str(getattr(trial, "error_msg", None) or "trial failed")

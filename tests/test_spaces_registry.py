@@ -1,0 +1,114 @@
+"""Registry and search-space grammar: what the sweep CLI validates before anything runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from orchestrator import spaces
+from trainables import registry
+from trainables.registry import ConfigError
+
+
+def test_resnet_is_registered_with_loop_and_method_defaults() -> None:
+    spec = registry.get("resnet")
+    assert "resnet" in registry.names()
+    for key in ("depth", "p_L", "sd_schedule", "dropout", "dropout_where", "epochs", "lr", "batch_size", "seed"):
+        assert key in spec.defaults
+    # The paper's optimizer is the default.
+    assert (spec.defaults["lr"], spec.defaults["momentum"], spec.defaults["nesterov"]) == (0.1, 0.9, True)
+    assert (spec.defaults["weight_decay"], spec.defaults["batch_size"]) == (1e-4, 128)
+    assert spec.defaults["lr_milestones"] == [0.5, 0.75]
+
+
+def test_unknown_trainable_lists_the_registered_ones() -> None:
+    with pytest.raises(ConfigError, match="unknown trainable 'nope'.*resnet"):
+        registry.get("nope")
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        ({"p_L": 1.5}, r"p_L=1.5 is out of range"),
+        ({"p_L": -0.1}, r"p_L=-0.1 is out of range"),
+        ({"depth": 21}, r"depth"),
+        ({"no_such_key": 1}, r"no config key"),
+        ({"epochs": "ten"}, r"epochs='ten' should be a int"),
+        ({"sd_schedule": "cosine"}, r"sd_schedule='cosine' is not one of"),
+        ({"dropout": 1.0}, r"dropout=1.0 is out of range"),
+        ({"dataset": "cifar10", "data_dir": "/definitely/not/here"}, r"/definitely/not/here"),
+    ],
+)
+def test_resolve_rejects_bad_values(overrides: dict, message: str) -> None:
+    with pytest.raises(ConfigError, match=message):
+        registry.get("resnet").resolve(overrides)
+
+
+def test_resolve_merges_and_coerces() -> None:
+    config = registry.get("resnet").resolve({"p_L": 1, "depth": 20})
+    assert config["p_L"] == 1.0 and isinstance(config["p_L"], float)
+    assert config["depth"] == 20 and config["epochs"] == registry.get("resnet").defaults["epochs"]
+
+
+def test_shipped_spaces_parse_and_validate() -> None:
+    names = spaces.available_spaces()
+    assert {"sd_rates", "dropout_rates"} <= set(names)
+    for name in names:
+        space = spaces.load_space(name)
+        space.validate(registry.get(space.trainable))
+    sd = spaces.load_space("sd_rates")
+    assert sd.searched == {"p_L": {"grid": [0.2, 0.5, 0.8, 1.0]}, "sd_schedule": {"grid": ["linear", "uniform"]}}
+    assert sd.num_trials() == 8 * sd.seeds
+
+
+def test_param_space_uses_tune_primitives_and_seed_repeats() -> None:
+    space = spaces.load_space("sd_rates")
+    space.seeds = 3
+    base = space.validate(registry.get("resnet"))
+    param_space = space.param_space(base)
+    assert param_space["p_L"] == {"grid_search": [0.2, 0.5, 0.8, 1.0]}
+    assert param_space["seed"] == {"grid_search": [0, 1, 2]}
+    assert param_space["depth"] == 20  # fixed in the file, over the registered default
+
+
+def test_set_override_pins_a_searched_key() -> None:
+    space = spaces.load_space("sd_rates").with_overrides(spaces.parse_overrides(["p_L=0.5", "epochs=1"]))
+    assert "p_L" not in space.searched and space.fixed["p_L"] == 0.5 and space.fixed["epochs"] == 1
+    assert space.num_trials() == 2 * space.seeds
+
+
+def test_grid_value_out_of_range_is_caught_before_running(tmp_path: Path) -> None:
+    path = tmp_path / "bad.yaml"
+    path.write_text("trainable: resnet\nmetric: val_error\nmode: min\nspace:\n  p_L: {grid: [0.5, 1.5]}\n")
+    space = spaces.load_space(str(path))
+    with pytest.raises(ConfigError, match=r"p_L=1.5"):
+        space.validate(registry.get("resnet"))
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("trainable: resnet\nmetric: val_error\nspace:\n  p_L: [0.5\n", "not valid YAML"),
+        ("trainable: resnet\nmetric: val_error\nspace:\n  p_L: {gird: [0.5]}\n", "unknown primitive 'gird'"),
+        ("trainable: resnet\nmetric: val_error\nspace:\n  lr: {uniform: [1, 0.1]}\n", "low < high"),
+        ("trainable: resnet\nmetric: val_error\nmode: best\n", "mode must be"),
+        ("metric: val_error\n", "'trainable' must be given"),
+        ("trainable: resnet\nmetric: val_error\nsamplez: 3\n", "unknown top-level key"),
+        ("trainable: resnet\nmetric: val_error\nscheduler: hyperband\n", "scheduler must be one of"),
+        ("- just\n- a list\n", "must be a mapping"),
+    ],
+)
+def test_malformed_space_files(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text(text)
+    with pytest.raises(ConfigError, match=message):
+        spaces.load_space(str(path))
+
+
+def test_parse_overrides_types_values() -> None:
+    assert spaces.parse_overrides(["a=1", "b=0.5", "c=true", "d=[0.5, 0.75]", "e=linear"]) == {
+        "a": 1, "b": 0.5, "c": True, "d": [0.5, 0.75], "e": "linear"
+    }
+    with pytest.raises(ConfigError, match="key=value"):
+        spaces.parse_overrides(["epochs"])

@@ -1,0 +1,157 @@
+"""The one seam between a method and Ray: report, checkpoint, rank, world size, device.
+
+A trainable's code calls only this interface, so the same loop runs
+- in a Tune trial's own process (:class:`TuneContext`: ``ray.tune.report`` / ``ray.tune.get_checkpoint``), the cheap
+  path for one worker on one CPU device (a trial costs ~1 s of overhead instead of ~30 s for a worker group);
+- as one rank of a Ray Train ``TorchTrainer`` worker group (:class:`TrainWorkerContext`: DDP, gloo on CPU, NCCL on
+  GPU), when a trial asks for several workers or for GPUs;
+- with no Ray at all (:class:`LocalContext`), for tests, benchmarks and notebooks.
+
+Ray Train's own "local mode" would be the natural single-process path, but in Ray 2.60 ``ray.train.report`` raises
+inside a Tune trial (ray issue 49454), hence this thin seam of our own.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import shutil
+import tempfile
+from abc import ABC, abstractmethod
+from collections.abc import Iterator
+from typing import Any
+
+import torch
+import torch.distributed as dist
+from torch import nn
+
+
+class Context(ABC):
+    """Where a train function runs. ``rank``/``world_size`` describe the data-parallel group (1 for one process)."""
+
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = torch.device("cpu")
+
+    @property
+    def is_chief(self) -> bool:
+        """Rank 0 writes checkpoints; every rank reports (Ray Train requires all ranks to call report)."""
+        return self.rank == 0
+
+    @abstractmethod
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        """Report one result (one epoch); ``checkpoint_dir`` is a local directory Ray takes a copy of."""
+
+    @abstractmethod
+    def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
+        """Context manager yielding a local directory with the latest checkpoint to resume from, or ``None``."""
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        """Move ``model`` to this context's device (and wrap it for data parallelism where there is a group)."""
+        return model.to(self.device)
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        """Mean of ``values`` over the ranks (identity for one process)."""
+        return values
+
+
+class LocalContext(Context):
+    """No Ray: results are kept in ``self.results``; checkpoints are copied under ``checkpoint_root``.
+
+    Passing the same ``checkpoint_root`` to a new ``LocalContext`` resumes from its last checkpoint, the way a
+    retried Tune trial resumes.
+    """
+
+    def __init__(self, device: str | torch.device = "cpu", checkpoint_root: str | None = None) -> None:
+        self.device = torch.device(device)
+        self.results: list[dict[str, Any]] = []
+        self.checkpoint_root = checkpoint_root or tempfile.mkdtemp(prefix="local_ckpt_")
+        self._latest = _latest_subdir(self.checkpoint_root)
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        self.results.append(dict(metrics))
+        if checkpoint_dir is not None:
+            target = os.path.join(self.checkpoint_root, f"checkpoint_{len(os.listdir(self.checkpoint_root)):06d}")
+            shutil.copytree(checkpoint_dir, target)
+            self._latest = target
+
+    @contextlib.contextmanager
+    def restored_checkpoint(self) -> Iterator[str | None]:
+        yield self._latest
+
+
+class TuneContext(Context):
+    """Inside a Tune function trial (one process, one CPU device)."""
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        from ray import tune
+
+        checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
+        tune.report(metrics, checkpoint=checkpoint)
+
+    @contextlib.contextmanager
+    def restored_checkpoint(self) -> Iterator[str | None]:
+        from ray import tune
+
+        checkpoint = tune.get_checkpoint()
+        if checkpoint is None:
+            yield None
+        else:
+            with checkpoint.as_directory() as path:
+                yield path
+
+
+class TrainWorkerContext(Context):
+    """One rank of a Ray Train ``TorchTrainer`` worker group; Ray Train has set up the process group."""
+
+    def __init__(self) -> None:
+        import ray.train
+        import ray.train.torch
+
+        train_context = ray.train.get_context()
+        self.rank = train_context.get_world_rank()
+        self.world_size = train_context.get_world_size()
+        self.device = ray.train.torch.get_device()
+
+    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+        import ray.train
+
+        # Every rank must call report; only the chief hands over a checkpoint (all replicas hold the same weights).
+        checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir and self.is_chief else None
+        ray.train.report(metrics, checkpoint=checkpoint)
+
+    @contextlib.contextmanager
+    def restored_checkpoint(self) -> Iterator[str | None]:
+        import ray.train
+
+        checkpoint = ray.train.get_checkpoint()
+        if checkpoint is None:
+            yield None
+        else:
+            with checkpoint.as_directory() as path:
+                yield path
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        import ray.train.torch
+
+        # find_unused_parameters: a block dropped by stochastic depth (or swapout) leaves its parameters without a
+        # gradient in that step; DDP must not wait for them.
+        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        reduced = values.detach().to(self.device).clone()
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return (reduced / self.world_size).to(values.device)
+
+
+def unwrap(model: nn.Module) -> nn.Module:
+    """The module inside a DDP wrapper (checkpoints store the bare model so any context can load them)."""
+    return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
+
+
+def _latest_subdir(root: str) -> str | None:
+    if not os.path.isdir(root):
+        os.makedirs(root, exist_ok=True)
+        return None
+    subdirs = sorted(d for d in os.listdir(root) if os.path.isdir(os.path.join(root, d)))
+    return os.path.join(root, subdirs[-1]) if subdirs else None

