@@ -61,7 +61,9 @@ def make_trainable(
     """The Tune function trainable (with its resource request) for registered ``trainable``."""
     from ray import tune
 
-    registry.get(trainable)  # fail in the driver, not in every trial
+    # Looked up in the driver and shipped with the trial: a trainable registered in a script or notebook
+    # (pickled by value) works as well as one from this package (pickled by reference).
+    train = registry.get(trainable).train
 
     if not resources.uses_worker_group:
         threads = max(1, math.floor(resources.cpus))
@@ -72,7 +74,7 @@ def make_trainable(
             from trainables.context import TuneContext
 
             torch.set_num_threads(threads)  # as many threads as CPUs the trial holds: trials share the machine
-            registry.get(trainable).train(config, TuneContext())
+            train(config, TuneContext())
 
         run_in_trial_process.__name__ = trainable
         return tune.with_resources(run_in_trial_process, {"CPU": resources.cpus})
@@ -87,7 +89,7 @@ def make_trainable(
         trial_id = tune.get_context().get_trial_id()
         trainer = TorchTrainer(
             _train_worker,
-            train_loop_config={"trainable": trainable, "config": config,
+            train_loop_config={"train": train, "config": config,
                                "threads": max(1, math.floor(resources.per_worker()["CPU"]))},
             scaling_config=ray.train.ScalingConfig(
                 num_workers=resources.num_workers,
@@ -110,10 +112,10 @@ def make_trainable(
 
 
 def _train_worker(loop_config: dict[str, Any]) -> None:
-    """One rank of the worker group: look the trainable up by name and run it on a Train context."""
+    """One rank of the worker group: the trainable's train function on a Train context."""
     import torch
 
     from trainables.context import TrainWorkerContext
 
     torch.set_num_threads(loop_config["threads"])
-    registry.get(loop_config["trainable"]).train(loop_config["config"], TrainWorkerContext())
+    loop_config["train"](loop_config["config"], TrainWorkerContext())

@@ -146,9 +146,11 @@ def build_tuner(space: spaces.SweepSpace, trainable: str, base_config: dict[str,
         # The callback (with the parent run id) comes back with the experiment's pickled RunConfig.
         return tune.Tuner.restore(f"{storage}/{name}", trainable=trainable_fn, resume_unfinished=True,
                                   resume_errored=True)
-    callback = tracking.MlflowTrialCallback(
-        tracker, tags={"trainable": trainable, "search_space": space.name}, swept_keys=space.swept_keys()
-    )
+    tags = {"trainable": trainable, "search_space": space.name}
+    commit = tracking.git_commit()
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    callback = tracking.MlflowTrialCallback(tracker, tags=tags, swept_keys=space.swept_keys())
     return tune.Tuner(
         trainable_fn,
         param_space=space.param_space(base_config),

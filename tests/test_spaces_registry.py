@@ -112,3 +112,17 @@ def test_parse_overrides_types_values() -> None:
     }
     with pytest.raises(ConfigError, match="key=value"):
         spaces.parse_overrides(["epochs"])
+
+
+def test_asha_scheduler_from_space_or_flag() -> None:
+    from ray.tune.schedulers import ASHAScheduler
+
+    from orchestrator.sweep import make_scheduler
+
+    space = spaces.load_space("sd_rates")
+    base = space.validate(registry.get("resnet"))
+    assert make_scheduler(space, base) is None
+    space.scheduler = spaces.parse_scheduler({"type": "asha", "grace_period": 1, "reduction_factor": 3})
+    scheduler = make_scheduler(space, base)
+    assert isinstance(scheduler, ASHAScheduler)
+    assert scheduler._max_t == base["epochs"] and scheduler._reduction_factor == 3

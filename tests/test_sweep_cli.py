@@ -146,3 +146,21 @@ def test_two_ddp_workers_keep_identical_replicas(tmp_path: Path, ray_address: st
     losses = [m.value for m in client.get_metric_history(children[0].info.run_id, "train_loss")]
     assert len(losses) == 2 and all(loss > 0 for loss in losses)
     assert "checkpoint" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
+
+
+def test_failed_trial_ends_failed_not_running(tmp_path: Path, ray_address: str) -> None:
+    """Files that exist but are corrupt pass the up-front check and fail inside the trial: its run is FAILED."""
+    from orchestrator import sweep
+
+    data = tmp_path / "cifar"
+    data.mkdir()
+    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
+        (data / name).write_bytes(b"this is not a pickle")
+    args = ["sd_rates", "--seeds", "1", "--storage", str(tmp_path / "rr"),
+            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
+            "--set", "p_L=1.0", "sd_schedule=linear", "dataset=cifar10", f"data_dir={data}", "epochs=1"]
+    assert sweep.main(args) == 1
+    parent, children = child_runs(tmp_path / "mlflow.db", "sd_rates")
+    assert parent.info.status == "FAILED"
+    assert [r.info.status for r in children] == ["FAILED"]
+    assert "data_batch_1" in children[0].data.tags["error"]

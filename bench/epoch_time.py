@@ -1,0 +1,265 @@
+"""Epoch time of the ``resnet`` trainable inside a Tune trial vs the same model and data in a plain PyTorch loop.
+
+Why: the in-process runner exists so that a trial trains as fast as a hand-written script would; the issue's goal
+is ours/plain <= 1.05. Three variants, interleaved per repeat (tune, local, plain, tune, local, plain, ...):
+
+- ``tune``: the real trainable via ``make_trainable("resnet", TrialResources(), ...)`` in a Tuner (1 CPU, so the
+  runner sets 1 torch thread); each epoch's ``epoch_seconds`` from the results (the loop's own timer around
+  ``train_one_epoch``: training only, no evaluation, no checkpoint).
+- ``local``: the same trainable function in this (driver) process with a ``LocalContext``: our loop and
+  ``BatchLoader`` without Ray. It tells whether a gap comes from our code (local ~ tune) or from running inside a Ray
+  worker (local ~ plain).
+- ``plain``: a hand-written loop in this process: ``build_resnet``, the same tensors (``load_data``), SGD with the
+  same hyperparameters, ``torch.randperm`` shuffling, ``x[idx]`` indexing, normalisation, forward/backward/step,
+  timed with ``time.perf_counter``.
+
+The driver runs with ``torch.set_num_threads(1)``, like the trial. The first epoch of each run is reported apart
+(warm-up: allocator, first-touch of weights); the headline medians use epochs 2..E. ``--profile`` adds a table of
+what the loop's extra pieces cost per epoch (loader vs plain batching, the per-step ``float()`` metrics, gradient
+zeroing), measured in-process.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import pstats
+import shutil
+import tempfile
+import time
+from typing import Any
+
+import _common
+import torch
+import torch.nn.functional as F
+
+from trainables import registry
+from trainables.context import LocalContext
+from trainables.data import BatchLoader, DatasetBundle
+from trainables.loop import load_data, train_one_epoch
+from trainables.resnet import build_resnet
+
+VARIANTS = ("tune", "local", "plain")
+
+
+def resnet_config(depth: int, epochs: int) -> dict[str, Any]:
+    """The trainable's full config: MNIST-5k (the default dataset), batch 128, the papers' SGD settings."""
+    return registry.get("resnet").resolve({"depth": depth, "epochs": epochs, "batch_size": 128})
+
+
+def run_tune(config: dict[str, Any], storage: str, name: str) -> list[float]:
+    """One Tune trial of the real trainable; its per-epoch ``epoch_seconds``."""
+    from ray import tune
+
+    from orchestrator.runner import TrialResources, make_trainable
+
+    trainable = make_trainable("resnet", TrialResources(), storage_path=storage, experiment_name=name)
+    tuner = tune.Tuner(trainable, param_space=config, tune_config=tune.TuneConfig(num_samples=1),
+                       run_config=tune.RunConfig(name=name, storage_path=storage, verbose=0))
+    results = tuner.fit()
+    if results.errors:
+        raise RuntimeError(f"tune trial failed: {results.errors[0]}")
+    return [float(s) for s in results[0].metrics_dataframe["epoch_seconds"]]
+
+
+def run_local(config: dict[str, Any], root: str) -> list[float]:
+    """The same trainable function in this process on a LocalContext (our loop, no Ray)."""
+    ctx = LocalContext(checkpoint_root=tempfile.mkdtemp(dir=root))
+    registry.get("resnet").train(config, ctx)
+    return [float(r["epoch_seconds"]) for r in ctx.results]
+
+
+def build_plain(config: dict[str, Any], data: DatasetBundle) -> tuple[torch.nn.Module, torch.optim.Optimizer]:
+    torch.manual_seed(config["seed"])
+    model = build_resnet(depth=config["depth"], num_classes=data.num_classes, in_channels=data.input_shape[0],
+                         p_L=1.0, seed=config["seed"])
+    optimizer = torch.optim.SGD(model.parameters(), lr=config["lr"], momentum=config["momentum"],
+                                nesterov=config["nesterov"], weight_decay=config["weight_decay"])
+    return model, optimizer
+
+
+def run_plain(config: dict[str, Any], data: DatasetBundle) -> list[float]:
+    """A minimal hand-written PyTorch loop over the same tensors; per-epoch seconds."""
+    model, optimizer = build_plain(config, data)
+    x_all, y_all = data.train.x, data.train.y
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    batch = int(config["batch_size"])
+    seconds = []
+    for _ in range(int(config["epochs"])):
+        model.train()
+        started = time.perf_counter()
+        order = torch.randperm(len(y_all))
+        for i in range(0, len(order), batch):
+            idx = order[i:i + batch]
+            x = (x_all[idx].float() / 255.0 - mean) / std
+            loss = F.cross_entropy(model(x), y_all[idx])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+        seconds.append(time.perf_counter() - started)
+    return seconds
+
+
+def profile_pieces(config: dict[str, Any], data: DatasetBundle, repeats: int) -> _common.Table:
+    """Per-epoch cost of each piece in which our loop differs from the plain loop, measured in this process.
+
+    Every piece is timed over one whole epoch's batches (``repeats`` times, median), so the numbers compare directly
+    with the epoch time.
+    """
+    batch = int(config["batch_size"])
+    n = len(data.train.y)
+    steps = -(-n // batch)
+    mean = torch.tensor(data.mean).view(1, -1, 1, 1)
+    std = torch.tensor(data.std).view(1, -1, 1, 1)
+    loader = BatchLoader(data.train, batch_size=batch, mean=data.mean, std=data.std, augment=data.augment,
+                         shuffle=True, seed=0)
+
+    def our_batches() -> None:
+        loader.set_epoch(0)
+        for _x, _y in loader:
+            pass
+
+    def plain_batches() -> None:
+        order = torch.randperm(n)
+        for i in range(0, n, batch):
+            idx = order[i:i + batch]
+            _x = (data.train.x[idx].float() / 255.0 - mean) / std
+            _y = data.train.y[idx]
+
+    def sampler_only() -> None:
+        loader.set_epoch(0)
+        for b in loader.batch_sampler:
+            torch.as_tensor(b, dtype=torch.long)
+
+    model, optimizer = build_plain(config, data)
+    x, y = next(iter(loader))
+    logits = model(x).detach()
+    loss = F.cross_entropy(logits, y)
+
+    def metric_syncs() -> None:
+        for _ in range(steps):
+            float(loss.detach()) * len(y)
+            float((logits.argmax(1) != y).sum())
+
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+
+    def zero_keep() -> None:
+        for _ in range(steps):
+            optimizer.zero_grad(set_to_none=False)
+
+    def step_only() -> None:
+        for _ in range(steps):
+            optimizer.step()
+
+    def timed_median(fn: Any) -> float:
+        fn()  # warm-up
+        values = []
+        for _ in range(repeats):
+            started = time.perf_counter()
+            fn()
+            values.append(time.perf_counter() - started)
+        return _common.median(values)
+
+    table = _common.Table(f"Per-epoch cost of the loop's pieces, ResNet-{config['depth']}, {steps} steps "
+                          f"(1 thread, in-process, median of {repeats})", ["piece", "s / epoch"])
+    table.add("our BatchLoader: all batches of an epoch (sampler + index + addcmul)", timed_median(our_batches))
+    table.add("  of which DistributedSampler/BatchSampler + list->tensor", timed_median(sampler_only))
+    table.add("plain: randperm + x[idx].float() / 255 - mean) / std", timed_median(plain_batches))
+    table.add("our per-step metrics: float(loss) + float(argmax != y).sum()", timed_median(metric_syncs))
+    table.add("our zero_grad(set_to_none=False) (plain: set_to_none=True, ~free)", timed_median(zero_keep))
+    table.add("for scale: optimizer.step() alone", timed_median(step_only))
+    return table
+
+
+def cprofile_epoch(config: dict[str, Any], data: DatasetBundle, top: int = 12) -> _common.Table:
+    """cProfile of one ``train_one_epoch`` (our loop) in this process: where the epoch's time goes, by function."""
+    model, optimizer = build_plain(config, data)
+    for p in model.parameters():
+        p.grad = torch.zeros_like(p)
+    loader = BatchLoader(data.train, batch_size=int(config["batch_size"]), mean=data.mean, std=data.std,
+                         augment=data.augment, shuffle=True, seed=0)
+    train_one_epoch(model, loader, optimizer, F.cross_entropy, 0)  # warm-up
+    profiler = cProfile.Profile()
+    profiler.enable()
+    train_one_epoch(model, loader, optimizer, F.cross_entropy, 1)
+    profiler.disable()
+    stats = pstats.Stats(profiler)
+    total = stats.total_tt  # type: ignore[attr-defined]
+    rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
+    table = _common.Table(f"cProfile of one train_one_epoch (ResNet-{config['depth']}), total {total:.2f} s, "
+                          "top by own time", ["function", "own s", "calls"])
+    for (filename, line, name), (_cc, calls, tottime, _cum, _callers) in rows:
+        where = filename.rsplit("/", 2)[-2:] if "/" in filename else [filename]
+        table.add(f"{name} ({'/'.join(where)}:{line})", tottime, calls)
+    return table
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    _common.add_common_args(parser, repeats=3)
+    parser.add_argument("--depths", type=int, nargs="+", default=[20], help="ResNet depths (default 20; e.g. 20 56)")
+    parser.add_argument("--epochs", type=int, default=2, help="epochs per run (default 2; the first is warm-up)")
+    parser.add_argument("--profile", action="store_true", help="add the per-piece and cProfile tables")
+    args = parser.parse_args()
+
+    import ray
+
+    torch.set_num_threads(1)  # as the runner does in a 1-CPU trial
+    root = tempfile.mkdtemp(prefix="bench_epoch_time_")
+    load_before = _common.load1()
+    # seconds[depth][variant] = per-run lists of per-epoch seconds
+    seconds: dict[int, dict[str, list[list[float]]]] = collections.defaultdict(lambda: collections.defaultdict(list))
+    extra_tables: list[_common.Table] = []
+    try:
+        _common.start_ray()
+        for depth in args.depths:
+            config = resnet_config(depth, args.epochs)
+            data = load_data(config)
+            for repeat in range(args.repeats):
+                for variant in VARIANTS:
+                    if variant == "tune":
+                        epochs = run_tune(config, f"{root}/ray_results", f"resnet{depth}-{repeat}")
+                    elif variant == "local":
+                        epochs = run_local(config, root)
+                    else:
+                        epochs = run_plain(config, data)
+                    seconds[depth][variant].append(epochs)
+                    print(f"depth {depth} repeat {repeat + 1}/{args.repeats} {variant:>5}: epochs "
+                          f"{', '.join(f'{s:.2f}' for s in epochs)} s (load1 {_common.load1():.2f})")
+            if args.profile:
+                extra_tables.append(profile_pieces(config, data, args.repeats))
+                extra_tables.append(cprofile_epoch(config, data))
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+
+    steps = -(-len(data.train.y) // 128)
+    table = _common.Table(
+        f"Epoch time, MNIST-5k ({len(data.train.y)} train images, {steps} steps of 128), 1 torch thread, "
+        f"{args.epochs} epochs x {args.repeats} interleaved repeats",
+        ["depth", "variant", "median s/epoch (2..E)", "min", "max", "median epoch 1", "ratio to plain",
+         "min-based ratio"],
+    )
+    for depth in args.depths:
+        def steady(variant: str, depth: int = depth) -> list[float]:
+            runs = seconds[depth][variant]
+            return [s for run in runs for s in (run[1:] if len(run) > 1 else run)]
+
+        plain = steady("plain")
+        for variant in VARIANTS:
+            values = steady(variant)
+            firsts = [run[0] for run in seconds[depth][variant]]
+            table.add(depth, variant, _common.median(values), min(values), max(values), _common.median(firsts),
+                      _common.median(values) / _common.median(plain), min(values) / min(plain))
+    table.notes.append("tune = the resnet trainable in a Tune trial (epoch_seconds from its results); local = the "
+                       "same function on a LocalContext in the driver; plain = a hand-written loop in the driver. "
+                       "Goal: tune / plain <= 1.05.")
+    table.notes.append(f"load1 before {load_before:.2f}; {_common.environment('1 (trial and driver)')}")
+    _common.emit([table, *extra_tables], args.markdown, "## epoch_time")
+
+
+if __name__ == "__main__":
+    main()
