@@ -35,6 +35,11 @@ class TrialResources:
             raise registry.ConfigError(f"--workers must be >= 1, got {self.num_workers}")
         if self.cpus <= 0 or self.gpus < 0:
             raise registry.ConfigError(f"CPUs per trial must be > 0 and GPUs >= 0, got {self.cpus}, {self.gpus}")
+        if self.uses_worker_group and self.cpus <= WORKER_GROUP_DRIVER_CPUS:
+            raise registry.ConfigError(
+                f"--cpus-per-trial {self.cpus:g} leaves no CPU for the workers (the group's driver takes "
+                f"{WORKER_GROUP_DRIVER_CPUS}); give more than that"
+            )
 
     @property
     def use_gpu(self) -> bool:
@@ -45,7 +50,8 @@ class TrialResources:
         return self.num_workers > 1 or self.use_gpu
 
     def per_worker(self) -> dict[str, float]:
-        resources = {"CPU": self.cpus / self.num_workers}
+        # The trial's CPUs include its driver's share, so `--cpus-per-trial 2 --workers 2` fits a 2-core laptop.
+        resources = {"CPU": (self.cpus - WORKER_GROUP_DRIVER_CPUS) / self.num_workers}
         if self.use_gpu:
             resources["GPU"] = self.gpus / self.num_workers
         return resources

@@ -1,0 +1,29 @@
+"""How a trial's resources map onto the two ways to run."""
+
+from __future__ import annotations
+
+import pytest
+
+from orchestrator.runner import WORKER_GROUP_DRIVER_CPUS, TrialResources
+from trainables.registry import ConfigError
+
+
+def test_one_cpu_worker_runs_in_the_trial_process() -> None:
+    resources = TrialResources()
+    assert not resources.uses_worker_group and "in the trial process" in resources.describe()
+
+
+@pytest.mark.parametrize(("workers", "cpus", "gpus"), [(2, 2.0, 0.0), (1, 1.0, 1.0), (4, 8.0, 4.0)])
+def test_workers_or_gpus_use_a_worker_group_that_fits_the_trial_budget(workers: int, cpus: float,
+                                                                       gpus: float) -> None:
+    resources = TrialResources(num_workers=workers, cpus=cpus, gpus=gpus)
+    per_worker = resources.per_worker()
+    assert resources.uses_worker_group
+    assert per_worker["CPU"] * workers + WORKER_GROUP_DRIVER_CPUS == pytest.approx(cpus)
+    assert per_worker.get("GPU", 0.0) * workers == pytest.approx(gpus)
+
+
+@pytest.mark.parametrize(("workers", "cpus", "gpus"), [(0, 1.0, 0.0), (1, 0.0, 0.0), (2, 0.25, 0.0), (1, 1.0, -1.0)])
+def test_impossible_resources_are_config_errors(workers: int, cpus: float, gpus: float) -> None:
+    with pytest.raises(ConfigError):
+        TrialResources(num_workers=workers, cpus=cpus, gpus=gpus)
