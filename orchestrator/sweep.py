@@ -106,7 +106,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         commit = tracking.git_commit()
         if commit:
             tags["mlflow.source.git.commit"] = commit
-        tracker.start_parent(name, {**space.fixed, "space": space.name, "metric": space.metric}, tags)
+        tracker.start_parent(name, {**space.fixed, "space": space.name, "metric": space.metric,
+                                    "mode": space.mode}, tags)
         write_record(f"{storage}/{name}/sweep.json", {
             "parent_run_id": tracker.parent_run_id, "tracking_uri": tracking_uri,
             "mlflow_experiment": tracker.experiment_name, "argv": list(sys.argv[1:] if argv is None else argv),
