@@ -16,11 +16,12 @@ class UserError(Exception):
 
 
 def user_error_types() -> tuple[type[BaseException], ...]:
+    from orchestrator.cluster import RecordError
     from orchestrator.tracking import TrackingError
     from trainables.data import DatasetError
     from trainables.loop import CheckpointError
 
-    return (UserError, ConfigError, TrackingError, DatasetError, CheckpointError)
+    return (UserError, ConfigError, TrackingError, DatasetError, CheckpointError, RecordError)
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

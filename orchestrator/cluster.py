@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import os
 from pathlib import Path
+from typing import Any
 
 SHARED_STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfss://", "hdfs://")
 
@@ -40,3 +42,29 @@ def normalize_storage(storage: str | None) -> str:
 def is_shared(storage: str) -> bool:
     """Whether every node of a cluster can reach ``storage`` (needed for checkpoints once there are several)."""
     return storage.startswith(SHARED_STORAGE_SCHEMES) or os.environ.get("DEEPREPRO_SHARED_STORAGE") == "1"
+
+
+class RecordError(RuntimeError):
+    """No resumable experiment record at the given place (a user error: one line, exit 2)."""
+
+
+def read_record(path: str) -> dict[str, Any]:
+    """The JSON record a CLI keeps beside its Tune experiment (parent run id, argv), local or on s3://."""
+    import pyarrow.fs
+
+    fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+    try:
+        with fs.open_input_stream(fs_path) as stream:
+            return json.loads(stream.read().decode())
+    except (FileNotFoundError, OSError):
+        raise RecordError(f"nothing to resume at {path.rsplit('/', 1)[0]} (no {path.rsplit('/', 1)[1]})") from None
+
+
+def write_record(path: str, record: dict[str, Any]) -> None:
+    """Write :func:`read_record`'s JSON, creating the folder."""
+    import pyarrow.fs
+
+    fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
+    fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
+    with fs.open_output_stream(fs_path) as stream:
+        stream.write(json.dumps(record, indent=2).encode())

@@ -71,7 +71,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.resume:
         # A resumed sweep is the same sweep: its space and overrides come from the record, not from this call.
         name = resolve_experiment_name(args, Path(args.space).stem, storage)
-        record = read_record(f"{storage}/{name}/sweep.json")
+        record = cluster.read_record(f"{storage}/{name}/sweep.json")
         original = build_parser().parse_args(record["argv"])
         space = load_sweep_space(original)
         tracking_uri = record["tracking_uri"]
@@ -108,7 +108,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             tags["mlflow.source.git.commit"] = commit
         tracker.start_parent(name, {**space.fixed, "space": space.name, "metric": space.metric,
                                     "mode": space.mode}, tags)
-        write_record(f"{storage}/{name}/sweep.json", {
+        cluster.write_record(f"{storage}/{name}/sweep.json", {
             "parent_run_id": tracker.parent_run_id, "tracking_uri": tracking_uri,
             "mlflow_experiment": tracker.experiment_name, "argv": list(sys.argv[1:] if argv is None else argv),
         })
@@ -297,26 +297,6 @@ def resolve_experiment_name(args: argparse.Namespace, space_name: str, storage: 
     if not candidates:
         raise cli.UserError(f"nothing to resume: no '{space_name}-*' sweep under {storage} (give --name)")
     return candidates[-1]
-
-
-def read_record(path: str) -> dict[str, Any]:
-    import pyarrow.fs
-
-    fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
-    try:
-        with fs.open_input_stream(fs_path) as stream:
-            return json.loads(stream.read().decode())
-    except (FileNotFoundError, OSError):
-        raise cli.UserError(f"nothing to resume at {path.rsplit('/', 1)[0]} (no sweep.json)") from None
-
-
-def write_record(path: str, record: dict[str, Any]) -> None:
-    import pyarrow.fs
-
-    fs, fs_path = pyarrow.fs.FileSystem.from_uri(path)
-    fs.create_dir(fs_path.rsplit("/", 1)[0], recursive=True)
-    with fs.open_output_stream(fs_path) as stream:
-        stream.write(json.dumps(record, indent=2).encode())
 
 
 def _positive(value: int, flag: str) -> int:

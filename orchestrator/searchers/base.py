@@ -1,0 +1,103 @@
+"""What every architecture searcher shares: a Tune ``Searcher`` that proposes token sequences and learns from rewards.
+
+Bookkeeping lives here, once: the trial budget (the searcher says FINISHED, so ``TuneConfig(num_samples=-1)``),
+the trials in flight (``pending``: tokens and the log-probability they were sampled with), the reward of every
+completed child, and save/restore of the whole state (controller weights, baseline, optimizer, RNGs, pending
+trials), so a resumed search continues exactly, and the same next suggestions come out.
+
+A child's reward uses the last result Tune hands to ``on_trial_complete``: the final epoch's accuracy, or for a
+child that ASHA stopped early, its last reported accuracy (its latency is in every report, see
+``trainables.nas_child``). A child that errors is recorded without a reward and teaches the searcher nothing.
+Subclasses implement :meth:`propose` (next tokens) and :meth:`observe` (learn from one scored child).
+"""
+
+from __future__ import annotations
+
+import pickle
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+import torch
+from ray.tune.search import Searcher
+
+from orchestrator.searchers.reward import reward
+from trainables.nas_spaces import NasSpace, get_space
+
+ACCURACY_KEY = "val_accuracy"
+LATENCY_KEY = "latency_ms"
+
+
+class NasSearcher(Searcher):
+    def __init__(self, space: str, base_config: Mapping[str, Any], *, trials: int, reward_kind: str = "soft",
+                 target_ms: float = 1.0, seed: int = 0, num_blocks: int = 0) -> None:
+        super().__init__(metric=ACCURACY_KEY, mode="max")
+        self.space_name, self.num_blocks = space, num_blocks
+        self.base_config = dict(base_config)
+        self.trials, self.reward_kind, self.target_ms = trials, reward_kind, target_ms
+        self.issued = 0
+        self.pending: dict[str, dict[str, Any]] = {}
+        self.history: list[dict[str, Any]] = []
+        self.rng = np.random.default_rng(seed)
+        self.generator = torch.Generator().manual_seed(seed)
+
+    @property
+    def space(self) -> NasSpace:
+        return get_space(self.space_name, self.num_blocks)
+
+    # -- what a method supplies --------------------------------------------------------------------------------
+    def propose(self) -> tuple[list[int], dict[str, Any]]:
+        """The next tokens, and anything :meth:`observe` will need about them (e.g. their log-probability)."""
+        raise NotImplementedError
+
+    def observe(self, record: dict[str, Any]) -> None:
+        """Learn from one completed child: ``record`` has tokens, reward, accuracy, latency and propose's extras."""
+
+    # -- Tune's Searcher API -------------------------------------------------------------------------------------
+    def set_search_properties(self, metric: str | None, mode: str | None, config: dict, **spec: Any) -> bool:
+        return True  # the metric is fixed (accuracy + latency -> reward); Tune's metric/mode only steer ASHA
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:
+        if self.issued >= self.trials:
+            return Searcher.FINISHED
+        tokens, extras = self.propose()
+        index = self.issued
+        self.issued += 1
+        self.pending[trial_id] = {"tokens": tokens, "index": index, **extras}
+        return {**self.base_config, "space": self.space_name, "num_blocks": self.num_blocks, "tokens": tokens,
+                "arch": self.space.describe(tokens), "trial_index": index}
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        entry = self.pending.pop(trial_id, None)
+        if entry is None:
+            return
+        record = {**entry, "trial_id": trial_id, "arch": self.space.describe(entry["tokens"])}
+        if error or not result or ACCURACY_KEY not in result or LATENCY_KEY not in result:
+            self.history.append({**record, "reward": None})
+            return
+        record.update(accuracy=float(result[ACCURACY_KEY]), latency_ms=float(result[LATENCY_KEY]),
+                      reward=self.score(result))
+        self.history.append(record)
+        self.observe(record)
+
+    def score(self, result: Mapping[str, Any]) -> float:
+        return reward(float(result[ACCURACY_KEY]), float(result[LATENCY_KEY]), self.target_ms, self.reward_kind)
+
+    # -- state ---------------------------------------------------------------------------------------------------
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["generator"] = self.generator.get_state()  # a torch.Generator does not pickle; its state does
+        return state
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        generator = torch.Generator()
+        generator.set_state(state["generator"])
+        self.__dict__.update({**state, "generator": generator})
+
+    def save(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "wb") as f:
+            pickle.dump(self.__getstate__(), f)
+
+    def restore(self, checkpoint_path: str) -> None:
+        with open(checkpoint_path, "rb") as f:
+            self.__setstate__(pickle.load(f))
