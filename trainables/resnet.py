@@ -22,7 +22,7 @@ _DROPOUT_WHERE = ("branch", "head")
 _MASK64 = (1 << 64) - 1
 
 
-def _block_seed(seed: int, index: int) -> int:
+def block_seed(seed: int, index: int) -> int:
     """Deterministic, well-mixed seed for block `index` (SplitMix64 finaliser of seed and index).
 
     Mixing keeps the blocks' Bernoulli streams unrelated (seed 0 / block 1 must not equal seed 1 /
@@ -94,7 +94,7 @@ class CifarResNet(nn.Module):
             blocks = []
             for i in range(n):
                 stride = 2 if stage > 0 and i == 0 else 1
-                blocks.append(BasicBlock(in_ch, width, stride, probs[ell], _block_seed(seed, ell), branch_dropout))
+                blocks.append(BasicBlock(in_ch, width, stride, probs[ell], block_seed(seed, ell), branch_dropout))
                 in_ch, ell = width, ell + 1
             stages.append(nn.Sequential(*blocks))
         self.stages = nn.Sequential(*stages)

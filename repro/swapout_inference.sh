@@ -1,0 +1,18 @@
+#!/usr/bin/env bash
+# Claim: swapout with stochastic inference (mean softmax of N sampled passes) beats deterministic inference.
+# Default budget (MNIST-5k, 2-core CPU, 5-8 min): pre-activation ResNet-20 with swapout Linear(1, 0.5), 3 full
+# epochs (84 SGD steps), N = 10 samples (the paper: 30), 2 inference modes x 3 seeds, 2 trials at a time.
+# Each config trains its own net (same seed); the two differ only from the first evaluation on, where stochastic
+# inference draws masks from the units' generators.
+# CIFAR-10 on GPUs (the paper's wide 32-layer swapout nets, 256 epochs, N = 30):
+#   DEPTH=32 EPOCHS=256 SAMPLES=30 EXTRA_SET="widen=4 dataset=cifar10 data_dir=$HOME/data/cifar-10-batches-py" \
+#   SWEEP_ARGS="--gpus-per-trial 1" repro/swapout_inference.sh
+# Env: DEPTH EPOCHS BATCHES SAMPLES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI (as in preact_vs_original.sh).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+EXP="repro_swapout_inference_$(date +%Y%m%d_%H%M%S)"
+# shellcheck disable=SC2086
+python -m orchestrator.sweep repro/swapout_inference.yaml --experiment "$EXP" --seeds "${SEEDS:-3}" ${SWEEP_ARGS:-} \
+  --set depth="${DEPTH:-20}" epochs="${EPOCHS:-3}" limit_train_batches="${BATCHES:-0}" \
+  inference_samples="${SAMPLES:-10}" ${EXTRA_SET:-}
+python repro/summarize.py "$EXP" --by inference
