@@ -419,7 +419,7 @@ def test_compare_reads_a_real_sweep(tmp_path: Path, ray_address: str) -> None:
     result = run_cli("orchestrator.compare", ["sd_rates", "--csv", "groups.csv", "--at", "best"], tmp_path,
                      timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "val_error@best over seeds by sd_schedule; min is best (search space 'sd_rates')" in result.stdout
+    assert "val_error@best over seeds by sd_schedule; min is best (the sweep's params)" in result.stdout
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("sd_rates").experiment_id])
