@@ -332,3 +332,18 @@ def test_dropout_placement() -> None:
     assert seen == ["head_dropout", "fc"]
     # dropout adds no parameters
     assert sum(p.numel() for p in head.parameters()) == sum(p.numel() for p in build_resnet(depth=20).parameters())
+
+
+def test_dropped_block_output_is_relu_of_the_shortcut() -> None:
+    """H_l = ReLU(id(H_{l-1})) for a dropped block; the returned shortcut must already equal that ReLU."""
+    import torch
+    import torch.nn.functional as F
+
+    from trainables.resnet import BasicBlock
+
+    torch.manual_seed(0)
+    for in_ch, out_ch, stride in ((16, 16, 1), (16, 32, 2)):
+        block = BasicBlock(in_ch, out_ch, stride, survival_prob=0.0, seed=0).train()
+        x = F.relu(torch.randn(4, in_ch, 7, 7))  # every block's input left a ReLU
+        expected = F.relu(block.shortcut(x))
+        assert torch.equal(block(x), expected)

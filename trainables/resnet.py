@@ -78,7 +78,9 @@ class BasicBlock(nn.Module):
         identity = self.shortcut(x)
         f = self.branch(x)  # train: b_l f_l(x), None when b_l = 0;  eval: p_l f_l(x)
         if f is None:
-            return F.relu(identity)  # H_l = ReLU(id(H_{l-1})): the block is skipped
+            # H_l = ReLU(id(H_{l-1})) = id(H_{l-1}): the input left a ReLU (and option A only averages and zero-pads),
+            # so it is already non-negative and a dropped block costs nothing but the shortcut.
+            return identity
         return F.relu(identity + f)  # not in-place: `identity` may be x itself
 
 
