@@ -12,6 +12,7 @@ import datetime as dt
 import os
 import platform
 import statistics
+import threading
 import time
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
@@ -43,6 +44,120 @@ def median(values: Sequence[float]) -> float:
 def load1() -> float:
     """One-minute load average: how busy the shared machine was (2.0 = both cores busy)."""
     return os.getloadavg()[0]
+
+
+_TICK = os.sysconf("SC_CLK_TCK") if hasattr(os, "sysconf") else 100
+
+
+def _machine_busy_seconds() -> float:
+    """CPU seconds the whole machine has been busy (all processes, also ones that exited), from /proc/stat."""
+    with open("/proc/stat") as stat:
+        fields = [int(v) for v in stat.readline().split()[1:]]
+    user, nice, system, _idle, _iowait, irq, softirq = fields[:7]
+    return (user + nice + system + irq + softirq) / _TICK
+
+
+def _read_stat(pid: int) -> tuple[int, float] | None:
+    """(parent pid, own user+system CPU seconds) of ``pid``; None when it is gone."""
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            raw = stat.read()
+    except OSError:
+        return None
+    rest = raw[raw.rindex(")") + 2:].split()
+    return int(rest[1]), (int(rest[11]) + int(rest[12])) / _TICK
+
+
+class _OwnTree:
+    """CPU seconds used by this process and its descendants (Ray's processes, trial actors) since ``start``.
+
+    A dead child's time does not reliably reach its parent's cutime (the raylet does not account for the workers it
+    reaps that way), so each process's own time is sampled every ``interval`` seconds from a thread: a process
+    that ends loses at most its last interval. One sample reads only the listing of /proc plus the stat files of
+    our own processes and of new ones (about a millisecond), so the sampling does not slow what is measured.
+    """
+
+    def __init__(self, interval: float = 1.0) -> None:
+        self.interval = interval
+        self._start: dict[int, float] = {}
+        self._last: dict[int, float] = {}
+        self._foreign: set[int] = set()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def start(self) -> None:
+        table = {}
+        for entry in os.listdir("/proc"):
+            if entry.isdigit() and (stat := _read_stat(int(entry))) is not None:
+                table[int(entry)] = stat
+        tree, frontier = {os.getpid()}, [os.getpid()]
+        while frontier:
+            parent = frontier.pop()
+            for pid, (ppid, _) in table.items():
+                if ppid == parent and pid not in tree:
+                    tree.add(pid)
+                    frontier.append(pid)
+        self._start = {pid: table[pid][1] for pid in tree if pid in table}
+        self._last = dict(self._start)
+        self._foreign = set(table) - tree
+        self._thread.start()
+
+    def _sample(self) -> None:
+        for entry in sorted(int(e) for e in os.listdir("/proc") if e.isdigit()):  # parents before children
+            if entry in self._foreign:
+                continue
+            stat = _read_stat(entry)
+            if stat is None:
+                continue
+            if entry in self._last:
+                self._last[entry] = max(self._last[entry], stat[1])
+            elif stat[0] in self._last:
+                self._last[entry] = stat[1]  # new descendant: all its time falls in the interval
+            else:
+                self._foreign.add(entry)
+
+    def _run(self) -> None:
+        while not self._stop.wait(self.interval):
+            self._sample()
+
+    def stop(self) -> float:
+        self._stop.set()
+        self._thread.join()
+        self._sample()
+        return sum(cpu - self._start.get(pid, 0.0) for pid, cpu in self._last.items())
+
+
+class ForeignLoad:
+    """How many cores *other* people's processes kept busy during a measurement (0 = quiet, 2 = both cores taken).
+
+    The machine is shared: this tells a clean measurement from one that competed with someone's test run. It is
+    the machine's busy time minus our own process tree's, divided by the wall time (Linux /proc; NaN elsewhere).
+    """
+
+    def __init__(self) -> None:
+        self.value = float("nan")
+        self._own: _OwnTree | None = None
+
+    def __enter__(self) -> ForeignLoad:
+        try:
+            self._own = _OwnTree()
+            self._own.start()
+            self._start = (time.perf_counter(), _machine_busy_seconds())
+        except OSError:
+            self._own = None
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._own is None:
+            return
+        try:
+            own = self._own.stop()
+            wall, busy = time.perf_counter(), _machine_busy_seconds()
+        except OSError:
+            return
+        elapsed = wall - self._start[0]
+        if elapsed > 0:
+            self.value = max(0.0, ((busy - self._start[1]) - own) / elapsed)
 
 
 @contextmanager
@@ -97,7 +212,7 @@ class Table:
             table.add_column(column, justify="left" if i == 0 else "right")
         for row in self.rows:
             table.add_row(*(fmt(c) for c in row))
-        console = Console(width=160)
+        console = Console(width=200)
         console.print(table)
         for note in self.notes:
             console.print(f"  {note}", highlight=False)

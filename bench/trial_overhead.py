@@ -157,8 +157,8 @@ class Bench:
             trainable: Any = bare
             param_space: dict[str, Any] = {}
         else:
-            # 2 workers x 0.75 CPU + the trial's 0.25 fit the 2 logical CPUs (2 x 1 + 0.25 would never schedule).
-            resources = TrialResources(num_workers=2, cpus=1.5) if kind == "group" else TrialResources()
+            # The runner takes the group driver's 0.25 CPU out of `cpus`: 2 workers x 0.875 + 0.25 = the 2 logical CPUs.
+            resources = TrialResources(num_workers=2, cpus=2) if kind == "group" else TrialResources()
             name = f"{variant}-{self.count}"
             trainable = make_trainable("bench_noop", resources, storage_path=self.storage, experiment_name=name)
             param_space = {"payload_kb": 64}
@@ -181,14 +181,24 @@ class Bench:
         return wall[0], clock, dict(mlflow_seconds)
 
 
-def import_torch_seconds() -> float:
-    """``import torch`` in a fresh interpreter (files in the page cache): what every fresh trial process pays."""
+def import_seconds(repeats: int) -> tuple[float, float]:
+    """Median seconds of ``import torch``, then of ``import trainables.resnet`` on top, in fresh interpreters.
+
+    What a fresh trial process pays before training: the no-op pays the first; a real ``resnet`` trial pays both
+    (its function is pickled by reference, so the worker imports trainables.resnet -> loop -> data -> sklearn).
+    """
     import subprocess
     import sys
 
-    out = subprocess.run([sys.executable, "-c", "import time; t = time.perf_counter(); import torch; "
-                          "print(time.perf_counter() - t)"], capture_output=True, text=True, check=True)
-    return float(out.stdout.strip())
+    code = ("import time; t0 = time.perf_counter(); import torch; t1 = time.perf_counter(); "
+            "import trainables.resnet; print(t1 - t0, time.perf_counter() - t1)")
+    torch_s, resnet_s = [], []
+    for _ in range(repeats):
+        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+        first, second = (float(v) for v in out.stdout.split())
+        torch_s.append(first)
+        resnet_s.append(second)
+    return _common.median(torch_s), _common.median(resnet_s)
 
 
 def main() -> None:
@@ -217,23 +227,26 @@ def main() -> None:
         with _common.timed() as store_init:
             bench.tracker()  # a fresh sqlite store: MLflow creates its schema (once per store)
         first = {v: bench.run(v, 1)[0] for v in ("bare", "ours")}  # first use of Tune / of our path: not timed below
-        torch_import = import_torch_seconds()
+        torch_import, resnet_import = import_seconds(min(args.repeats, 3))
 
         walls: dict[str, list[float]] = collections.defaultdict(list)
         steady: dict[str, list[float]] = collections.defaultdict(list)
         fixed: dict[str, list[float]] = collections.defaultdict(list)
+        foreign: dict[str, list[float]] = collections.defaultdict(list)
         clocks: dict[str, list[TrialClock]] = collections.defaultdict(list)
         hooks: dict[str, list[dict[str, float]]] = collections.defaultdict(list)
         for repeat in range(args.repeats):
             for variant in variants:
-                wall, clock, mlflow_seconds = bench.run(variant, trials_of[variant])
+                with _common.ForeignLoad() as load:
+                    wall, clock, mlflow_seconds = bench.run(variant, trials_of[variant])
+                foreign[variant].append(load.value)
                 walls[variant].append(wall / trials_of[variant])
                 steady[variant].append(clock.steady_per_trial())
                 fixed[variant].append(wall - (trials_of[variant] - 1) * clock.steady_per_trial())
                 clocks[variant].append(clock)
                 hooks[variant].append(mlflow_seconds)
                 print(f"repeat {repeat + 1}/{args.repeats} {variant:>10}: {wall:6.2f} s for {trials_of[variant]} "
-                      f"trial(s) = {wall / trials_of[variant]:.2f} s/trial (load1 {_common.load1():.2f})")
+                      f"trial(s) = {wall / trials_of[variant]:.2f} s/trial (foreign load {load.value:.2f} cores)")
     finally:
         ray.shutdown()
         shutil.rmtree(root, ignore_errors=True)
@@ -248,19 +261,21 @@ def main() -> None:
         f"Per-trial overhead, {args.trials} trials per experiment (group: {args.group_trials}), "
         f"median of {args.repeats} interleaved repeats",
         ["variant", "wall / trial (s)", "min (s)", "max (s)", "start-to-start (s)", "running (s)",
-         "between (s)", "setup+1st+teardown (s)", "beyond bare (s)", "x bare"],
+         "between (s)", "setup+1st+teardown (s)", "beyond bare (s)", "x bare", "foreign load"],
     )
     for variant in variants:
         per_trial = _common.median(walls[variant])
         main_table.add(variant, per_trial, min(walls[variant]), max(walls[variant]), _common.median(steady[variant]),
                        over_trials(variant, "start_to_end"), over_trials(variant, "end_to_next_start"),
-                       _common.median(fixed[variant]), per_trial - bare_per_trial, per_trial / bare_per_trial)
+                       _common.median(fixed[variant]), per_trial - bare_per_trial, per_trial / bare_per_trial,
+                       _common.median(foreign[variant]))
     main_table.notes.append(
         "wall / trial = (Tuner construction + fit) / trials, the goal's measure; min/max are over repeats. "
         "start-to-start = driver-side gap between consecutive on_trial_start callbacks (no experiment setup or "
         "teardown), split into running (on_trial_start to on_trial_complete: Tune calls on_trial_start once the "
         "trial's actor runs) and between (on_trial_complete to the next on_trial_start: actor stop, new actor "
-        "process start, unpickling and imports). setup+1st+teardown = wall - (trials - 1) x start-to-start.")
+        "process start, unpickling and imports). setup+1st+teardown = wall - (trials - 1) x start-to-start. "
+        "foreign load = cores other people's processes kept busy during the experiment (0 = quiet machine).")
     main_table.notes.append(f"load1 before {load_before:.2f}; {_common.environment('1 per trial (runner default)')}")
 
     breakdown = _common.Table("Where a trial of our path goes (medians per trial over all repeats)",
@@ -280,8 +295,9 @@ def main() -> None:
     breakdown.add("train fn body before report (torch.save 64 KB)", *[over_trials(v, "body") for v in ours])
     breakdown.add("report -> driver callback (checkpoint persist + queue)",
                   *[over_trials(v, "report_latency") for v in ours])
-    breakdown.notes.append(f"`import torch` alone in a fresh interpreter: {torch_import:.2f} s (a fresh trial process "
-                           "pays it; bare trials never import torch).")
+    breakdown.notes.append(f"In a fresh interpreter, `import torch` takes {torch_import:.2f} s and `import "
+                           f"trainables.resnet` {resnet_import:.2f} s more (sklearn via trainables.data): every fresh "
+                           "trial process pays the first (bare trials never import torch), a real resnet trial both.")
 
     once = _common.Table("First-use costs (paid once per sweep, not per trial)", ["item", "seconds"])
     once.add("ray.init(address='local', num_cpus=2)", ray_start)
