@@ -13,6 +13,7 @@ Subclasses implement :meth:`propose` (next tokens) and :meth:`observe` (learn fr
 
 from __future__ import annotations
 
+import abc
 import pickle
 from collections.abc import Mapping
 from typing import Any
@@ -28,7 +29,7 @@ ACCURACY_KEY = "val_accuracy"
 LATENCY_KEY = "latency_ms"
 
 
-class NasSearcher(Searcher):
+class NasSearcher(Searcher, abc.ABC):
     def __init__(self, space: str, base_config: Mapping[str, Any], *, trials: int, reward_kind: str = "soft",
                  target_ms: float = 1.0, seed: int = 0, num_blocks: int = 0) -> None:
         super().__init__(metric=ACCURACY_KEY, mode="max")
@@ -46,9 +47,9 @@ class NasSearcher(Searcher):
         return get_space(self.space_name, self.num_blocks)
 
     # -- what a method supplies --------------------------------------------------------------------------------
+    @abc.abstractmethod
     def propose(self) -> tuple[list[int], dict[str, Any]]:
         """The next tokens, and anything :meth:`observe` will need about them (e.g. their log-probability)."""
-        raise NotImplementedError
 
     def observe(self, record: dict[str, Any]) -> None:
         """Learn from one completed child: ``record`` has tokens, reward, accuracy, latency and propose's extras."""
