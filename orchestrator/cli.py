@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Callable, Sequence
+from typing import Any
 
 from trainables.registry import ConfigError
 
@@ -32,3 +33,27 @@ def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None 
         message = " ".join(str(err).split())  # one line, whatever the exception's text
         print(f"error: {message}", file=sys.stderr)
         return EXIT_USER_ERROR
+
+
+def run_tune(tracker: Any, fit: Callable[[], Any], report: Callable[[Any], None], expected_trials: int,
+             resume_command: str) -> int:
+    """Fit a Tuner under the tracker's parent run, report, close the run and pick the exit status.
+
+    An interrupt leaves trials unfinished or never created (grids and searchers expand lazily), so finished trials are
+    counted against ``expected_trials`` rather than the length of the result grid. The parent run ends FINISHED,
+    FAILED (a trial errored) or KILLED (interrupted; the resume command is printed), never RUNNING.
+    """
+    status = "FAILED"
+    try:
+        results = fit()
+        interrupted = results.num_terminated + results.num_errors < max(len(results), expected_trials)
+        status = "KILLED" if interrupted else ("FAILED" if results.num_errors else "FINISHED")
+        report(results)
+    except KeyboardInterrupt:
+        status = "KILLED"
+    finally:
+        tracker.end_parent(status)
+    if status == "KILLED":
+        print(f"interrupted; continue with: {resume_command}", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    return 0 if status == "FINISHED" else 1

@@ -137,24 +137,16 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mlflow_experiment": tracker.experiment_name, "argv": argv,
         })
 
-    status = "FAILED"
-    try:
-        tuner = build_tuner(original, base, resources, tracker, storage, name, resume=bool(record))
-        results = tuner.fit()
+    def report(results: Any) -> None:
         table = results_table(results, original)
-        interrupted = results.num_terminated + results.num_errors < original.trials
-        status = "KILLED" if interrupted else ("FAILED" if results.num_errors else "FINISHED")
         print_report(table, original, args.top)
         log_summary(tracker, table, original, f"{storage}/{name}" if "://" not in storage else None)
-    except KeyboardInterrupt:
-        status = "KILLED"
-    finally:
-        tracker.end_parent(status)
-    if status == "KILLED":
-        print(f"interrupted; continue with: python -m orchestrator.nas --resume --name {name}"
-              + (f" --storage {storage}" if args.storage else ""), file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-    return 0 if status == "FINISHED" else 1
+
+    def fit() -> Any:  # built inside run_tune, so a failed restore also closes the parent run
+        return build_tuner(original, base, resources, tracker, storage, name, resume=bool(record)).fit()
+
+    resume = f"python -m orchestrator.nas --resume --name {name}" + (f" --storage {storage}" if args.storage else "")
+    return cli.run_tune(tracker, fit, report, original.trials, resume)
 
 
 class NasTrialCallback(tracking.MlflowTrialCallback):

@@ -113,28 +113,18 @@ def main(argv: Sequence[str] | None = None) -> int:
             "mlflow_experiment": tracker.experiment_name, "argv": list(sys.argv[1:] if argv is None else argv),
         })
 
-    status = "FAILED"
-    try:
-        tuner = build_tuner(space, spec.name, base_config, resources, tracker, storage, name, original,
-                            resume=bool(record))
-        results = tuner.fit()
+    def report(results: Any) -> None:
         table = results_table(results, space)
-        # An interrupt leaves trials unfinished or never created (the grid is expanded lazily): count, don't trust
-        # the length of the result grid.
-        interrupted = results.num_terminated + results.num_errors < max(len(results), space.num_trials())
-        status = "KILLED" if interrupted else ("FAILED" if results.num_errors else "FINISHED")
         print_table(table, space, args.top)
         log_summary(tracker, table, space)
-    except KeyboardInterrupt:
-        status = "KILLED"
-    finally:
-        tracker.end_parent(status)
 
-    if status == "KILLED":
-        print(f"interrupted; continue with: python -m orchestrator.sweep {args.space} --resume --name {name}"
-              + (f" --storage {storage}" if args.storage else ""), file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
-    return 0 if status == "FINISHED" else 1
+    def fit() -> Any:  # built inside run_tune, so a failed restore also closes the parent run
+        return build_tuner(space, spec.name, base_config, resources, tracker, storage, name, original,
+                           resume=bool(record)).fit()
+
+    resume = f"python -m orchestrator.sweep {args.space} --resume --name {name}" + (
+        f" --storage {storage}" if args.storage else "")
+    return cli.run_tune(tracker, fit, report, space.num_trials(), resume)
 
 
 def build_tuner(space: spaces.SweepSpace, trainable: str, base_config: dict[str, Any],
