@@ -191,7 +191,8 @@ def build_tuner(args: argparse.Namespace, base: dict[str, Any], resources: runne
     return tune.Tuner(
         trainable,
         tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=searcher, num_samples=-1,
-                                    max_concurrent_trials=args.max_concurrent or None, scheduler=scheduler),
+                                    max_concurrent_trials=args.max_concurrent or None, scheduler=scheduler,
+                                    reuse_actors=True),  # one process trains many children (see sweep.py)
         run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback],
                                   checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
     )

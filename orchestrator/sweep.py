@@ -16,7 +16,7 @@ import datetime as dt
 import json
 import shlex
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -32,16 +32,22 @@ def build_parser() -> argparse.ArgumentParser:
     )
     parser.add_argument("space", nargs="?", help="search space name or YAML path")
     parser.add_argument("--list", action="store_true", help="list registered trainables and search spaces")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (split over workers)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0,
+                        help="GPUs per trial (split over workers; > 0 runs a Ray Train worker group)")
+    parser.add_argument("--workers", type=int, default=1, help="DDP workers per trial (> 1 runs a Ray Train group)")
+    add_run_arguments(parser)
+    return parser
+
+
+def add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    """The flags every Tune-running command shares (``orchestrator.sweep`` and ``orchestrator.rl``)."""
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
                         help="override config values (pins a searched key), e.g. --set epochs=2 depth=20")
     parser.add_argument("--seeds", type=int, help="repeats of every config with seeds 0..N-1 (default: the space's)")
     parser.add_argument("--samples", type=int, help="Tune num_samples for sampled primitives (default: the space's)")
     parser.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="trial scheduler (default: the space's)")
     parser.add_argument("--max-concurrent", type=int, default=0, help="max trials at once (0: as resources allow)")
-    parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (split over workers)")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0,
-                        help="GPUs per trial (split over workers; > 0 runs a Ray Train worker group)")
-    parser.add_argument("--workers", type=int, default=1, help="DDP workers per trial (> 1 runs a Ray Train group)")
     parser.add_argument("--max-failures", type=int, default=0,
                         help="retries of a failed trial, each from its last checkpoint (use >0 on spot instances)")
     parser.add_argument("--address", help="join a running Ray cluster (e.g. auto, ray://host:10001); "
@@ -54,7 +60,6 @@ def build_parser() -> argparse.ArgumentParser:
                         "sqlite:///mlflow.db in the working directory)")
     parser.add_argument("--experiment", help="MLflow experiment name (default: the space's name)")
     parser.add_argument("--top", type=int, default=10, help="rows of the final table")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -64,20 +69,33 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 0
     if not args.space:
         raise cli.UserError("name a search space (python -m orchestrator.sweep --list shows them)")
+    argv = list(sys.argv[1:] if argv is None else argv)
+    return execute(args, argv, parse=build_parser().parse_args, load=load_sweep_space,
+                   prog="python -m orchestrator.sweep", label=args.space)
 
+
+def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[str]], argparse.Namespace],
+            load: Callable[[argparse.Namespace], spaces.SweepSpace], prog: str, label: str,
+            stem: str | None = None) -> int:
+    """Run (or ``--resume``) the sweep that ``load(args)`` describes: Ray, the MLflow parent run, Tune, the table.
+
+    ``argv`` is saved in the sweep's record; a resume re-parses it with ``parse`` so it runs the same sweep.
+    ``label`` names the sweep on the command line (``prog label --resume`` continues it); ``stem`` is the prefix of
+    the experiment names a bare ``--resume`` looks through (default: ``label``'s).
+    """
     # 1. Everything the user gave is checked before Ray starts or MLflow is touched.
     storage = cluster.normalize_storage(args.storage)
     record = None
     if args.resume:
         # A resumed sweep is the same sweep: its space and overrides come from the record, not from this call.
-        name = resolve_experiment_name(args, Path(args.space).stem, storage)
+        name = resolve_experiment_name(args, stem or Path(label).stem, storage)
         record = cluster.read_record(f"{storage}/{name}/sweep.json")
-        original = build_parser().parse_args(record["argv"])
-        space = load_sweep_space(original)
+        original = parse(record["argv"])
+        space = load(original)
         tracking_uri = record["tracking_uri"]
     else:
         original = args
-        space = load_sweep_space(args)
+        space = load(args)
         name = resolve_experiment_name(args, space.name, storage)
         tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     spec = registry.get(space.trainable)
@@ -101,7 +119,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         tracker.reopen_parent(record["parent_run_id"])
     else:
         tags = {"trainable": spec.name, "search_space": space.name, "ray.experiment": f"{storage}/{name}",
-                "command": "python -m orchestrator.sweep " + shlex.join(sys.argv[1:] if argv is None else argv),
+                "command": f"{prog} {shlex.join(argv)}",
                 "resources": resources.describe()}
         commit = tracking.git_commit()
         if commit:
@@ -110,7 +128,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                     "mode": space.mode}, tags)
         cluster.write_record(f"{storage}/{name}/sweep.json", {
             "parent_run_id": tracker.parent_run_id, "tracking_uri": tracking_uri,
-            "mlflow_experiment": tracker.experiment_name, "argv": list(sys.argv[1:] if argv is None else argv),
+            "mlflow_experiment": tracker.experiment_name, "argv": argv,
         })
 
     def report(results: Any) -> None:
@@ -122,7 +140,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return build_tuner(space, spec.name, base_config, resources, tracker, storage, name, original,
                            resume=bool(record)).fit()
 
-    resume = f"python -m orchestrator.sweep {args.space} --resume --name {name}" + (
+    resume = f"{prog} {label} --resume --name {name}" + (
         f" --storage {storage}" if args.storage else "")
     return cli.run_tune(tracker, fit, report, space.num_trials(), resume)
 
@@ -151,6 +169,9 @@ def build_tuner(space: spaces.SweepSpace, trainable: str, base_config: dict[str,
             num_samples=space.samples,
             max_concurrent_trials=args.max_concurrent or None,
             scheduler=make_scheduler(space, base_config),
+            # A trial process is reused by the next trial of the same resources: saves the ~2 s start of a fresh
+            # process (and its torch import) per trial; bench/trial_overhead.py measures it.
+            reuse_actors=True,
         ),
         run_config=tune.RunConfig(
             name=name,
@@ -186,10 +207,12 @@ def results_table(results: Any, space: spaces.SweepSpace) -> Any:
         row = {"trial_id": metrics.get("trial_id") or Path(result.path).name}
         row.update({key: config.get(key) for key in space.swept_keys()})
         row[space.metric] = metrics.get(space.metric)
-        row["epochs"] = metrics.get("training_iteration")
+        # Supervised trainables report once per epoch; RL ones once per algorithm iteration.
+        rounds = "epochs" if "epochs" in config else "iterations"
+        row[rounds] = metrics.get("training_iteration")
         if result.error:
             row["status"] = "ERROR"
-        elif row["epochs"] is not None and row["epochs"] >= config.get("epochs", 0):
+        elif row[rounds] is not None and row[rounds] >= config.get("epochs", 0):
             row["status"] = "OK"
         else:
             row["status"] = "partial"  # stopped early by the scheduler, or cut off by an interrupt
@@ -266,7 +289,11 @@ def load_sweep_space(args: argparse.Namespace) -> spaces.SweepSpace:
     if overrides.get("data_dir"):
         # Trials run in other working directories (and on other nodes): make a local path absolute here.
         overrides["data_dir"] = str(Path(overrides["data_dir"]).expanduser().resolve())
-    space = spaces.load_space(args.space).with_overrides(overrides)
+    return apply_run_flags(spaces.load_space(args.space).with_overrides(overrides), args)
+
+
+def apply_run_flags(space: spaces.SweepSpace, args: argparse.Namespace) -> spaces.SweepSpace:
+    """``--seeds`` / ``--samples`` / ``--scheduler`` over the space file's own values."""
     if args.seeds is not None:
         space.seeds = _positive(args.seeds, "--seeds")
     if args.samples is not None:

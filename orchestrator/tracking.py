@@ -149,11 +149,11 @@ class MlflowTrialCallback(Callback):
         self.tags = dict(tags or {})
         self.swept_keys = list(swept_keys or [])
         self._runs: dict[str, str] = {}
-        self.unfinished: list[str] = []
+        self._closed: set[str] = set()
         self.failed: list[str] = []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}}
+        return {**self.__dict__, "_runs": {}, "_closed": set()}
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:
@@ -197,24 +197,35 @@ class MlflowTrialCallback(Callback):
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         self._log_artifacts(run_id, trial)
-        self.tracker.client.set_terminated(run_id, status="FINISHED")
+        self._close(run_id, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         error = _trial_error_text(trial)
         self.tracker.client.set_tag(run_id, "error", error[-4000:])
         self._log_artifacts(run_id, trial)
-        self.tracker.client.set_terminated(run_id, status="FAILED")
+        self._close(run_id, "FAILED")
         self.failed.append(trial.trial_id)
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
-        # Trials neither TERMINATED nor ERROR were cut off by an interrupt: their runs must not stay RUNNING.
-        self.unfinished = [t.trial_id for t in trials if t.status not in ("TERMINATED", "ERROR")]
+        # A run Tune never announced as complete or errored was cut off by an interrupt: it must not stay RUNNING.
+        # Tune's status is not enough here: with reused actors, the shutdown after Ctrl-C marks a running trial
+        # TERMINATED without on_trial_complete, and the saved experiment state still has it unfinished (a resume
+        # continues it from its checkpoint and this callback closes its run then).
         for trial in trials:
-            if trial.trial_id in self.unfinished and trial.trial_id in self._runs:
-                self.tracker.client.set_terminated(self._runs[trial.trial_id], status="KILLED")
+            run_id = self._runs.get(trial.trial_id)
+            if run_id is None or run_id in self._closed:
+                continue
+            if trial.status == "ERROR":
+                self.on_trial_error(0, trials, trial)
+            else:
+                self._close(run_id, "KILLED")
 
     # -- helpers -------------------------------------------------------------------------------------------------
+    def _close(self, run_id: str, status: str) -> None:
+        self.tracker.client.set_terminated(run_id, status=status)
+        self._closed.add(run_id)
+
     def _log_artifacts(self, run_id: str, trial: Any) -> None:
         client = self.tracker.client
         with tempfile.TemporaryDirectory() as tmp:
