@@ -70,7 +70,27 @@ def make_trainable(
 
     # Looked up in the driver and shipped with the trial: a trainable registered in a script or notebook
     # (pickled by value) works as well as one from this package (pickled by reference).
-    train = registry.get(trainable).train
+    spec = registry.get(trainable)
+    train = spec.train
+
+    if spec.placement is not None:
+        # The method asks for its own bundles (RLlib: the trial process, env runners, learners); RLlib's actors
+        # start inside the trial's placement group. --cpus-per-trial / --workers do not apply to it.
+        placement = spec.placement
+
+        def run_with_placement(config: dict[str, Any]) -> None:
+            import torch
+
+            from trainables.context import TuneContext
+
+            torch.set_num_threads(max(1, math.floor(placement(config)[0].get("CPU", 1.0))))
+            train(config, TuneContext())
+
+        def bundles(config: dict[str, Any]) -> Any:
+            return tune.PlacementGroupFactory(placement(config), strategy="PACK")
+
+        run_with_placement.__name__ = trainable
+        return tune.with_resources(run_with_placement, bundles)
 
     if not resources.uses_worker_group:
         threads = max(1, math.floor(resources.cpus))

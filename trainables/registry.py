@@ -11,7 +11,7 @@ from __future__ import annotations
 import importlib
 import pkgutil
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
@@ -19,6 +19,8 @@ if TYPE_CHECKING:
 
 TrainFn = Callable[[dict[str, Any], "Context"], None]
 Validator = Callable[[dict[str, Any]], None]
+# A trial's resource bundles for a config (first bundle: the trial process); e.g. an RL trial's env runners.
+Placement = Callable[[dict[str, Any]], list[dict[str, float]]]
 
 
 class ConfigError(ValueError):
@@ -34,6 +36,8 @@ class TrainableSpec:
     defaults: Mapping[str, Any]
     validators: tuple[Validator, ...] = ()
     description: str = ""
+    placement: Placement | None = None
+    tools: Mapping[str, Callable[..., Any]] = field(default_factory=dict)
 
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Merge ``overrides`` over the defaults and validate the result; raises :class:`ConfigError`."""
@@ -60,8 +64,14 @@ def register(
     defaults: Mapping[str, Any],
     validate: Validator | tuple[Validator, ...] = (),
     description: str | None = None,
+    placement: Placement | None = None,
+    tools: Mapping[str, Callable[..., Any]] | None = None,
 ) -> Callable[[TrainFn], TrainFn]:
-    """Register ``fn(config, ctx)`` as trainable ``name``; ``defaults`` lists every key a config may set."""
+    """Register ``fn(config, ctx)`` as trainable ``name``; ``defaults`` lists every key a config may set.
+
+    ``placement(config)`` gives the trial's resource bundles when it needs more than its own process (RLlib env
+    runners); ``tools`` are the method's command-line helpers (e.g. ``play``, ``record``), found with :func:`tool`.
+    """
     validators = validate if isinstance(validate, tuple) else (validate,)
 
     def decorator(fn: TrainFn) -> TrainFn:
@@ -74,6 +84,8 @@ def register(
             defaults=dict(defaults),
             validators=validators,
             description=description if description is not None else first_doc_line,
+            placement=placement,
+            tools=dict(tools or {}),
         )
         return fn
 
@@ -87,9 +99,10 @@ def _discover() -> None:
         return
     import trainables
 
-    for module in pkgutil.iter_modules(trainables.__path__):
-        if not module.name.startswith("_") and module.name not in {"registry"}:
-            importlib.import_module(f"trainables.{module.name}")
+    # Sub-packages too (trainables.rl.dqn); a module whose name starts with "_" is private.
+    for module in pkgutil.walk_packages(trainables.__path__, prefix="trainables."):
+        if not any(part.startswith("_") for part in module.name.split(".")) and module.name != "trainables.registry":
+            importlib.import_module(module.name)
     _discovered = True
 
 
@@ -100,6 +113,15 @@ def get(name: str) -> TrainableSpec:
         return _REGISTRY[name]
     except KeyError:
         raise ConfigError(f"unknown trainable '{name}'; registered: {', '.join(names()) or '(none)'}") from None
+
+
+def tool(name: str) -> Callable[..., Any]:
+    """The command-line helper ``name`` some trainable registered (e.g. ``record``); ConfigError if none did."""
+    _discover()
+    for spec in _REGISTRY.values():
+        if name in spec.tools:
+            return spec.tools[name]
+    raise ConfigError(f"no trainable provides the tool '{name}'")
 
 
 def names() -> list[str]:

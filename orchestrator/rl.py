@@ -1,0 +1,170 @@
+"""``python -m orchestrator.rl``: RLlib algorithms (DQN, CRR, BC, ...) as Tune trials tracked in MLflow.
+
+Examples::
+
+    python -m orchestrator.rl dqn --env CartPole-v1 --frames 30000               # one run, embedded local Ray
+    python -m orchestrator.rl dqn --env ALE/Pong-v5 --frames 10000000 --num-env-runners 8 --gpus 1 --address auto
+    python -m orchestrator.rl dqn --sweep dqn_atari --seeds 3                      # a Tune sweep (search_spaces/)
+    python -m orchestrator.rl dqn --resume                                         # continue the latest dqn run
+    python -m orchestrator.rl play ray_results/dqn-.../dqn_.../checkpoint_000009 --episodes 5 --gif pong.gif
+    python -m orchestrator.rl record --env CartPole-v1 --policy random checkpoint:PATH --episodes 50 --out data/
+    python -m orchestrator.rl crr --env CartPole-v1 --data data/ --weight-type exp --set beta=1.0
+    python -m orchestrator.rl bc --env CartPole-v1 --data data/
+
+A single run is a one-trial sweep: it gets the same MLflow parent/child runs, checkpoints and ``--resume`` as
+``orchestrator.sweep``. The algorithm commands are the registered trainables that reserve their own resources (RLlib
+env runners and learners); the orchestrator reaches them only through the registry.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from orchestrator import cli, cluster, spaces, sweep
+from trainables import registry
+from trainables.rl.common import TRAINABLE_FILE
+
+# Command-line flags that are shorthands for config keys of the chosen algorithm.
+FLAG_KEYS = {"env": "env", "frames": "frames", "num_env_runners": "num_env_runners", "gpus": "num_gpus",
+             "data": "data", "weight_type": "weight_type"}
+PATH_KEYS = ("data",)  # made absolute here: trials run in other working directories
+METRIC, MODE = "eval_return_mean", "max"
+
+
+def rl_algorithms() -> list[str]:
+    """Registered trainables that reserve their own resources (RLlib algorithms)."""
+    return [name for name in registry.names() if registry.get(name).placement is not None]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m orchestrator.rl",
+        description="Train RLlib algorithms as Tune trials tracked in MLflow, record offline data, play checkpoints.",
+    )
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    for name in rl_algorithms():
+        spec = registry.get(name)
+        sub = commands.add_parser(name, help=spec.description, description=spec.description)
+        sub.add_argument("--env", help="gymnasium id, e.g. ALE/Pong-v5 or CartPole-v1")
+        sub.add_argument("--frames", type=int, help="training budget in environment frames")
+        sub.add_argument("--num-env-runners", type=int, help="RLlib env runner actors (0: sample in the trial)")
+        sub.add_argument("--gpus", type=float, help="GPUs for the learner")
+        sub.add_argument("--data", help="offline dataset directory (offline algorithms)")
+        sub.add_argument("--weight-type", help="CRR advantage weighting: exp or binary")
+        sub.add_argument("--sweep", help="search space name or YAML path for this algorithm (a Tune sweep)")
+        sweep.add_run_arguments(sub)
+        # An RL trial's resources come from its config (env runners, learner GPUs), not from these.
+        sub.set_defaults(workers=1, cpus_per_trial=1.0, gpus_per_trial=0.0)
+
+    play = commands.add_parser("play", help="run a trained checkpoint's greedy policy for a few full games")
+    play.add_argument("checkpoint", help="a checkpoint directory (or a trial directory: its latest checkpoint)")
+    play.add_argument("--episodes", type=int, default=5)
+    play.add_argument("--gif", help="write the first episode's frames to this GIF")
+    play.add_argument("--seed", type=int, default=0)
+
+    record = commands.add_parser("record", help="record an RLlib offline dataset (Parquet) from behaviour policies")
+    record.add_argument("--env", required=True, help="gymnasium id, e.g. CartPole-v1")
+    record.add_argument("--policy", nargs="+", default=["random"], metavar="POLICY",
+                        help="random, checkpoint:PATH or checkpoint:PATH@eps=0.3; several make a mixture "
+                        "(episodes split evenly)")
+    record.add_argument("--episodes", type=int, default=100, help="episodes in total")
+    record.add_argument("--out", required=True, help="output directory")
+    record.add_argument("--seed", type=int, default=0)
+    record.add_argument("--address", help="join a running Ray cluster (default: an embedded local Ray)")
+    record.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded local Ray")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    if args.command == "play":
+        return play(args)
+    if args.command == "record":
+        return record(args)
+    return sweep.execute(
+        args, argv, parse=build_parser().parse_args, load=load_rl_space, prog="python -m orchestrator.rl",
+        label=args.command, stem=Path(args.sweep).stem if args.sweep else args.command,
+    )
+
+
+def load_rl_space(args: argparse.Namespace) -> spaces.SweepSpace:
+    """A one-trial space for a plain run, or the ``--sweep`` space file, with the flags and ``--set`` applied."""
+    overrides = spaces.parse_overrides(args.set)
+    for flag, key in FLAG_KEYS.items():
+        value = getattr(args, flag, None)
+        if value is not None:
+            overrides[key] = value
+    for key in PATH_KEYS:
+        if overrides.get(key):
+            overrides[key] = str(Path(overrides[key]).expanduser().resolve())
+    if args.sweep:
+        space = spaces.load_space(args.sweep)
+        if space.trainable != args.command:
+            raise cli.UserError(f"search space '{space.name}' is for trainable '{space.trainable}', "
+                                f"not '{args.command}'")
+    else:
+        spec = registry.get(args.command)
+        space = spaces.SweepSpace(name=args.command, path=Path("<command line>"), trainable=args.command,
+                                  metric=METRIC, mode=MODE, description=spec.description)
+    return sweep.apply_run_flags(space.with_overrides(overrides), args)
+
+
+def play(args: argparse.Namespace) -> int:
+    checkpoint = find_checkpoint(args.checkpoint)
+    produced = read_trainable_file(checkpoint)
+    spec = registry.get(produced["trainable"])
+    if "play" not in spec.tools:
+        raise cli.UserError(f"trainable '{spec.name}' has no play tool")
+    if args.episodes < 1:
+        raise cli.UserError(f"--episodes must be >= 1, got {args.episodes}")
+    returns = spec.tools["play"](checkpoint, episodes=args.episodes, gif_path=args.gif, seed=args.seed)
+    for index, value in enumerate(returns):
+        print(f"episode {index + 1}: return {value:g}")
+    mean = sum(returns) / len(returns)
+    print(f"{spec.name} on {produced['config'].get('env')}: mean return {mean:.2f} over {len(returns)} episode(s)"
+          + (f"; frames written to {args.gif}" if args.gif else ""))
+    return 0
+
+
+def record(args: argparse.Namespace) -> int:
+    if args.episodes < 1:
+        raise cli.UserError(f"--episodes must be >= 1, got {args.episodes}")
+    record_dataset = registry.tool("record")
+    where = cluster.connect(args.address, num_cpus=args.num_cpus)
+    print(f"recording {args.episodes} episode(s) of {args.env} with {', '.join(args.policy)} on {where}")
+    stats: dict[str, Any] = record_dataset(env_id=args.env, policies=list(args.policy), episodes=args.episodes,
+                                           out_dir=str(Path(args.out).expanduser().resolve()), seed=args.seed)
+    print(json.dumps(stats, indent=2, default=str))
+    return 0
+
+
+def find_checkpoint(path: str) -> str:
+    """``path`` itself when it holds a checkpoint, else the latest ``checkpoint_*`` below it."""
+    root = Path(path).expanduser()
+    if not root.exists():
+        raise cli.UserError(f"checkpoint {path} does not exist")
+    if (root / TRAINABLE_FILE).is_file():
+        return str(root)
+    candidates = sorted(root.rglob(TRAINABLE_FILE), key=lambda p: (p.stat().st_mtime, str(p)))
+    if not candidates:
+        raise cli.UserError(f"{path} holds no RL checkpoint (no {TRAINABLE_FILE} below it)")
+    return str(candidates[-1].parent)
+
+
+def read_trainable_file(checkpoint: str) -> dict[str, Any]:
+    try:
+        produced = json.loads((Path(checkpoint) / TRAINABLE_FILE).read_text())
+        produced["trainable"], produced["config"]  # noqa: B018 (both keys must be there)
+    except (OSError, ValueError, KeyError, TypeError) as err:
+        raise cli.UserError(f"corrupt checkpoint {checkpoint}: cannot read {TRAINABLE_FILE} ({err})") from None
+    return produced
+
+
+if __name__ == "__main__":
+    sys.exit(cli.run(main))
