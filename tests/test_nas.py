@@ -5,6 +5,10 @@ from __future__ import annotations
 
 import itertools
 import math
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -13,7 +17,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.searchers import SEARCHERS, make_searcher, reward
 from orchestrator.searchers.controller import Controller
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 from trainables.latency import LatencyCache, cached_latency, measure_latency
 from trainables.nas_spaces import count_macs, count_params, get_space
 from trainables.registry import ConfigError
@@ -179,6 +183,46 @@ def test_tiny_search_through_the_cli_writes_nested_runs(tmp_path: Path, ray_addr
     assert parent.data.metrics["best_reward"] == pytest.approx(max(r.data.metrics["reward"] for r in children))
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
     assert {"reward_over_trials.png", "children.csv"} <= artifacts
+
+
+def test_interrupted_search_resumes_the_same_search(tmp_path: Path, ray_address: str) -> None:
+    """Ctrl-C after two children, then --resume: the search ends with exactly --trials children, each trial index
+    once, and the children finished before the interrupt are not trained again."""
+    # Children of ~2 s each (a reused trial process starts the next one in well under a second), so the interrupt
+    # lands mid-search.
+    args = ["--trials", "6", "--blocks", "1", "--controller", "reinforce", "--max-concurrent", "1",
+            "--epochs-per-child", "2", "--address", ray_address,
+            "--set", "limit_train_batches=15", "batch_size=32", "latency_repeats=3", "latency_warmup=1"]
+    process = subprocess.Popen([sys.executable, "-m", "orchestrator.nas", *args], cwd=tmp_path,
+                               env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def children() -> list:
+        experiment = client.get_experiment_by_name("nas")
+        runs = client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
+        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+    deadline, finished_before = time.time() + 300, {}
+    while time.time() < deadline and process.poll() is None and len(finished_before) < 2:
+        time.sleep(0.5)
+        try:
+            finished_before = {r.info.run_id: r.info.end_time for r in children() if r.info.status == "FINISHED"}
+        except Exception:  # noqa: BLE001 (the store is still being created)
+            continue
+    assert process.poll() is None, "the search ended before it could be interrupted"
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=120)
+    assert process.returncode == 130 and "--resume" in err, err[-3000:]
+    finished_before = {r.info.run_id: r.info.end_time for r in children() if r.info.status == "FINISHED"}
+    assert 2 <= len(finished_before) < 6
+
+    result = run_cli("orchestrator.nas", ["--resume", "--address", ray_address], tmp_path, timeout=400)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = children()
+    assert len(after) == 6 and all(r.info.status == "FINISHED" for r in after)
+    assert sorted(int(r.data.params["trial_index"]) for r in after) == list(range(6))
+    for run_id, end_time in finished_before.items():
+        assert client.get_run(run_id).info.end_time == end_time
 
 
 @pytest.mark.parametrize(
