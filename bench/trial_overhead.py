@@ -11,9 +11,9 @@ Variants, all in one process on one Ray instance, ``max_concurrent_trials=1``, N
 - ``ours``: ``orchestrator.runner.make_trainable`` of the no-op trainable ``bench_noop`` registered below (it writes a
   small checkpoint and reports once, like the loop's epoch end), with ``MlflowTrialCallback`` writing nested child
   runs to a temporary sqlite store: what ``python -m orchestrator.sweep`` does per trial, minus the training.
-- ``bare+reuse`` / ``ours+reuse``: the same with ``TuneConfig(reuse_actors=True)`` (not what the sweep CLI does
-  today; Tune's default is False): shows how much of each trial is the fresh trial process (process start,
-  ``import torch``), i.e. what that switch would save.
+- ``bare+reuse`` / ``ours+reuse``: the same with ``TuneConfig(reuse_actors=True)``. ``ours+reuse`` is what
+  ``python -m orchestrator.sweep`` and ``orchestrator.nas`` do since reuse was switched on; ``ours`` (a fresh trial
+  process per trial: process start, ``import torch``) is Tune's default and what they did before.
 - ``group`` (``--with-worker-group``): the same no-op through a Ray Train worker group of 2 workers.
 
 Per-trial overhead = experiment wall time / N (Tuner construction and ``fit``). A driver-side callback also stamps

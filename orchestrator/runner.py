@@ -1,7 +1,7 @@
 """A registered trainable -> a Tune trainable, run one of two ways.
 
-- One worker, no GPU: the train function runs inside the Tune trial's own process (a few seconds a trial, mostly
-  the fresh process importing torch; see bench/README.md).
+- One worker, no GPU: the train function runs inside the Tune trial's own process (the CLIs reuse that process for
+  the next trial: under a second of overhead a trial; see bench/README.md).
 - ``num_workers > 1`` or GPUs: the trial launches a Ray Train ``TorchTrainer`` worker group (DDP; gloo on CPU,
   NCCL on GPU) and forwards its reports to Tune. The group's run is named after the trial id under the sweep's
   storage, so a retried or resumed trial finds its own checkpoints again (a group costs ~30 s a trial here).
