@@ -75,7 +75,11 @@ def run_algorithm(
             steps_before = steps
             # Evaluation runs every few iterations; Tune's metric (and ASHA) needs it in every result, so the latest
             # evaluation is carried forward and ``eval_age`` says how many iterations old it is (NaN: none yet).
-            fresh = {k: v for k, v in metrics.items() if k.startswith("eval_")}
+            # RLlib repeats its last evaluation in later results too, so whether this iteration evaluated is decided
+            # by RLlib's own rule (every ``evaluation_interval`` finished iterations), not by the keys' presence.
+            interval = algo.config.evaluation_interval
+            evaluated = bool(interval) and algo.iteration % interval == 0
+            fresh = {k: v for k, v in metrics.items() if k.startswith("eval_")} if evaluated else {}
             if "eval_return_mean" in fresh:
                 last_eval, eval_iteration = fresh, iteration
             metrics.update(last_eval)
