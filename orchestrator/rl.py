@@ -70,9 +70,10 @@ def build_parser() -> argparse.ArgumentParser:
     record = commands.add_parser("record", help="record an RLlib offline dataset (Parquet) from behaviour policies")
     record.add_argument("--env", required=True, help="gymnasium id, e.g. CartPole-v1")
     record.add_argument("--policy", nargs="+", default=["random"], metavar="POLICY",
-                        help="random, checkpoint:PATH or checkpoint:PATH@eps=0.3; several make a mixture "
-                        "(episodes split evenly)")
-    record.add_argument("--episodes", type=int, default=100, help="episodes in total")
+                        help="random, checkpoint:PATH, checkpoint:PATH@eps=0.3 or random@episodes=50; several make "
+                        "a mixture of behaviour policies")
+    record.add_argument("--episodes", type=int, default=100,
+                        help="episodes per policy (a policy's own @episodes=N overrides it)")
     record.add_argument("--out", required=True, help="output directory")
     record.add_argument("--seed", type=int, default=0)
     record.add_argument("--address", help="join a running Ray cluster (default: an embedded local Ray)")

@@ -18,6 +18,7 @@ every algorithm, so sweeps and ``orchestrator.compare`` read DQN, CRR and BC run
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 import os
@@ -97,6 +98,9 @@ def run_algorithm(
                 break
     finally:
         algo.stop()
+        # Ray Data's iterator generators (offline input) must be finalized now, not at interpreter exit: left to
+        # the end, they crashed CPython 3.11.7 in pytest's teardown ("AST constructor recursion depth mismatch").
+        gc.collect()
 
 
 def standard_metrics(result: Mapping[str, Any], *, frames_per_step: int = 1) -> dict[str, float]:
@@ -150,12 +154,19 @@ def check_env_id(env_id: str) -> None:
 
 
 def _lifetime_steps(algo: Algorithm) -> float:
+    """The step counter a restored algorithm continues from: sampled env steps, or (offline) rows trained on."""
     counters = getattr(algo, "metrics", None)
-    try:
-        value = counters.peek(("env_runners", "num_env_steps_sampled_lifetime"), default=0) if counters else 0
-    except Exception:  # noqa: BLE001 (a fresh MetricsLogger has no such key on some algorithms)
-        value = 0
-    return float(value or 0)
+    if counters is None:
+        return 0.0
+    for key in (("env_runners", "num_env_steps_sampled_lifetime"),
+                ("learners", "__all_modules__", "num_env_steps_trained_lifetime")):
+        try:
+            value = counters.peek(key, default=0)
+        except Exception:  # noqa: BLE001 (a fresh MetricsLogger lacks some keys on some algorithms)
+            value = 0
+        if value:
+            return float(value)
+    return 0.0
 
 
 def _put(metrics: dict[str, float], key: str, value: Any) -> None:
