@@ -69,7 +69,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     record = commands.add_parser("record", help="record an RLlib offline dataset (Parquet) from behaviour policies")
     record.add_argument("--env", required=True, help="gymnasium id, e.g. CartPole-v1")
-    record.add_argument("--policy", nargs="+", default=["random"], metavar="POLICY",
+    record.add_argument("--policy", nargs="+", action="extend", metavar="POLICY",
                         help="random, checkpoint:PATH, checkpoint:PATH@eps=0.3 or random@episodes=50; several make "
                         "a mixture of behaviour policies")
     record.add_argument("--episodes", type=int, default=100,
@@ -136,10 +136,11 @@ def play(args: argparse.Namespace) -> int:
 def record(args: argparse.Namespace) -> int:
     if args.episodes < 1:
         raise cli.UserError(f"--episodes must be >= 1, got {args.episodes}")
+    policies = args.policy or ["random"]  # --policy A B and --policy A --policy B both give [A, B]
     record_dataset = registry.tool("record")
     where = cluster.connect(args.address, num_cpus=args.num_cpus)
-    print(f"recording {args.episodes} episode(s) of {args.env} with {', '.join(args.policy)} on {where}")
-    stats: dict[str, Any] = record_dataset(env_id=args.env, policies=list(args.policy), episodes=args.episodes,
+    print(f"recording {args.env} with {', '.join(policies)} ({args.episodes} episode(s) per policy) on {where}")
+    stats: dict[str, Any] = record_dataset(env_id=args.env, policies=policies, episodes=args.episodes,
                                            out_dir=str(Path(args.out).expanduser().resolve()), seed=args.seed)
     print(json.dumps(stats, indent=2, default=str))
     return 0

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # CRR (binary, exp) vs BC on mixed-quality and expert-only CartPole data, and on mixed Pendulum data, 3 seeds each.
-# The commands behind docs/RESULTS-crr.md, as they were run (2-core CPU, shared). About 60 min in total.
+# The commands behind docs/RESULTS.md (Part IV), as they were run (2-core CPU, shared). About 60 min in total.
 #   bash repro/crr_cartpole.sh [WORKDIR]        (WORKDIR default /tmp/crr)
 # Runs the registered trainables `crr` and `bc` in-process (LocalContext, no Tune/MLflow); under Tune the same runs
 # are `python -m orchestrator.rl crr --env ... --data DIR --set ...`.
