@@ -129,7 +129,7 @@ def available(trials: pd.DataFrame, prefix: str) -> list[str]:
 
 def swept_keys(trials: pd.DataFrame) -> list[str]:
     """The keys the sweep varied, from the child runs' ``swept`` tag (``p_L=0.5,sd_schedule=linear,seed=0``), in
-    order; without that tag (runs not written by our sweep), the params that differ between trials."""
+    order; without that tag (runs not written by our sweep), the params that differ between trials, by name."""
     keys: list[str] = []
     for swept in trials.get("tags.swept", pd.Series(dtype=object)).dropna():
         for key in re.findall(r"(?:^|,)([A-Za-z_][\w.\-]*)=", str(swept)):
@@ -137,7 +137,8 @@ def swept_keys(trials: pd.DataFrame) -> list[str]:
                 keys.append(key)
     if keys:
         return keys
-    params = [c for c in trials.columns if c.startswith("params.")]
+    # Sorted: the order of MLflow's params columns is not stable between reads.
+    params = sorted(c for c in trials.columns if c.startswith("params."))
     return [c[len("params."):] for c in params if trials[c].astype(str).nunique(dropna=False) > 1]
 
 
