@@ -86,12 +86,14 @@ def test_record_then_crr_and_bc_on_the_same_data(tmp_path: Path, ray_address: st
     assert '"episodes": 6' in recorded.stdout
     tiny = ["--env", "CartPole-v1", "--data", str(data), "--address", ray_address,
             "--set", "train_rows=512", "updates_per_iteration=2", "evaluation_episodes=1"]
-    for algo, extra in (("crr", ["--weight-type", "binary"]), ("bc", [])):
+    # CRR with 4 seeds fills the session's 4 CPUs: before offline trials reserved a CPU for Ray Data's read tasks in
+    # their own placement group, 4 one-CPU trials left none for the reads and the sweep hung.
+    for algo, extra in (("crr", ["--weight-type", "binary", "--seeds", "4"]), ("bc", [])):
         result = run_cli("orchestrator.rl", [algo, *tiny, *extra], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         parent, children = child_runs(tmp_path / "mlflow.db", algo)
-        assert parent.info.status == "FINISHED" and len(children) == 1
-        run = children[0]
-        assert run.info.status == "FINISHED" and run.data.params["data"] == str(data)
-        assert "eval_return_mean" in run.data.metrics
-    assert children[0].data.params.get("weight_type") is None  # bc has no CRR weighting
+        assert parent.info.status == "FINISHED" and len(children) == (4 if algo == "crr" else 1)
+        for run in children:
+            assert run.info.status == "FINISHED" and run.data.params["data"] == str(data)
+            assert "eval_return_mean" in run.data.metrics
+            assert ("weight_type" in run.data.params) == (algo == "crr")

@@ -13,6 +13,7 @@ from trainables.context import Context
 from trainables.registry import check_range, register
 from trainables.rl import common
 from trainables.rl.crr import OFFLINE_DEFAULTS, offline_algo_config, validate_offline
+from trainables.rl.offline import keep_data_in_trial_placement, offline_placement
 
 BC_DEFAULTS: dict[str, Any] = {**OFFLINE_DEFAULTS, "lr": 3e-4}
 
@@ -38,7 +39,7 @@ def build_bc_config(config: dict[str, Any], *, check_data: bool = True):
 
 
 def bc_placement(config: dict[str, Any]) -> list[dict[str, float]]:
-    return common.placement(build_bc_config(config, check_data=False))
+    return offline_placement(common.placement(build_bc_config(config, check_data=False)))
 
 
 @register("bc", defaults=BC_DEFAULTS, validate=(validate_offline, validate_bc), placement=bc_placement)
@@ -47,5 +48,6 @@ def train_bc(config: dict[str, Any], ctx: Context) -> None:
     import torch
 
     torch.set_num_threads(1)
+    keep_data_in_trial_placement()
     common.run_algorithm("bc", config, ctx, build_bc_config(config), budget_steps=config["train_rows"],
                          steps_key="env_steps")

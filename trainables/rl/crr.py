@@ -39,7 +39,14 @@ from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.rl import common
 from trainables.rl.crr_learner import ADVANTAGE_TYPES, WEIGHT_TYPES, CRRTorchLearner
 from trainables.rl.crr_module import POLICY_DISTS, CRRTorchRLModule
-from trainables.rl.offline import PRELEARNER_CPUS, inspect_dataset, offline_data_kwargs, record_dataset
+from trainables.rl.offline import (
+    PRELEARNER_CPUS,
+    inspect_dataset,
+    keep_data_in_trial_placement,
+    offline_data_kwargs,
+    offline_placement,
+    record_dataset,
+)
 
 
 class CRRConfig(AlgorithmConfig):
@@ -241,7 +248,7 @@ def build_crr_config(config: dict[str, Any], *, check_data: bool = True) -> CRRC
 
 
 def crr_placement(config: dict[str, Any]) -> list[dict[str, float]]:
-    return common.placement(build_crr_config(config, check_data=False))
+    return offline_placement(common.placement(build_crr_config(config, check_data=False)))
 
 
 @register("crr", defaults=CRR_DEFAULTS, validate=(validate_offline, validate_crr), placement=crr_placement,
@@ -251,5 +258,6 @@ def train_crr(config: dict[str, Any], ctx: Context) -> None:
     import torch
 
     torch.set_num_threads(1)
+    keep_data_in_trial_placement()
     common.run_algorithm("crr", config, ctx, build_crr_config(config), budget_steps=config["train_rows"],
                          steps_key="env_steps")

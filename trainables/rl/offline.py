@@ -252,6 +252,36 @@ def _check_spaces(info: DatasetInfo, env_id: str) -> None:
         raise ConfigError(f"dataset {info.path!r} has actions of shape {action.shape}, but {env_id} has {expected}")
 
 
+# Ray Data reads the dataset with tasks of 1 CPU each. Left to the cluster, they need a CPU no trial holds: two
+# offline trials on a 2-CPU machine took both and the read never started (measured: "Cluster resources are not enough
+# to run any task from TaskPoolMapOperator[ReadFilesParquetV2]", a hang). So an offline trial reserves one more CPU in
+# its own placement group and Ray Data's tasks run there.
+DATA_BUNDLE = {"CPU": 1.0}
+
+
+def offline_placement(bundles: list[dict[str, float]]) -> list[dict[str, float]]:
+    """The algorithm's bundles plus the one Ray Data's read tasks run in."""
+    return [*bundles, dict(DATA_BUNDLE)]
+
+
+def keep_data_in_trial_placement() -> None:
+    """Schedule this process's Ray Data tasks inside the trial's placement group (its :data:`DATA_BUNDLE`).
+
+    Outside a placement group (a local run, a test without Tune) Ray Data keeps its default scheduling.
+    """
+    import ray
+    from ray.data import DataContext
+    from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+    group = ray.util.get_current_placement_group()
+    if group is None:
+        return
+    strategy = PlacementGroupSchedulingStrategy(group, placement_group_capture_child_tasks=True)
+    context = DataContext.get_current()
+    context.scheduling_strategy = strategy
+    context.scheduling_strategy_large_args = strategy
+
+
 def offline_data_kwargs(info: DatasetInfo, *, updates_per_iteration: int) -> dict[str, Any]:
     """Keyword arguments of ``AlgorithmConfig.offline_data`` for this dataset on a small machine.
 
