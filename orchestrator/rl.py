@@ -61,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
         # An RL trial's resources come from its config (env runners, learner GPUs), not from these.
         sub.set_defaults(workers=1, cpus_per_trial=1.0, gpus_per_trial=0.0)
 
-    play = commands.add_parser("play", help="run a trained checkpoint's greedy policy for a few full games")
+    play = commands.add_parser("play", help="play a trained checkpoint's policy (DQN: epsilon 0.05) for full games")
     play.add_argument("checkpoint", help="a checkpoint directory (or a trial directory: its latest checkpoint)")
     play.add_argument("--episodes", type=int, default=5)
     play.add_argument("--gif", help="write the first episode's frames to this GIF")
