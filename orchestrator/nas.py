@@ -125,17 +125,10 @@ def main(argv: Sequence[str] | None = None) -> int:
     else:
         tags = {"trainable": TRAINABLE, "search_space": f"nas_{args.space}", "controller": args.controller,
                 "ray.experiment": f"{storage}/{name}", "command": "python -m orchestrator.nas " + shlex.join(argv)}
-        commit = tracking.git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
         params = {"space": args.space, "controller": args.controller, "trials": args.trials, "reward": args.reward,
                   "metric": "reward", "mode": "max",  # what orchestrator.compare ranks by
                   "target_ms": args.target_ms, "search_seed": args.seed, "epochs_per_child": args.epochs_per_child}
-        tracker.start_parent(name, params, tags)
-        cluster.write_record(f"{storage}/{name}/{RECORD}", {
-            "parent_run_id": tracker.parent_run_id, "tracking_uri": tracking_uri,
-            "mlflow_experiment": tracker.experiment_name, "argv": argv,
-        })
+        tracker.start_recorded_parent(name, params, tags, record_path=f"{storage}/{name}/{RECORD}", argv=argv)
 
     def report(results: Any) -> None:
         table = results_table(results, original)

@@ -121,15 +121,9 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
         tags = {"trainable": spec.name, "search_space": space.name, "ray.experiment": f"{storage}/{name}",
                 "command": f"{prog} {shlex.join(argv)}",
                 "resources": resources.describe()}
-        commit = tracking.git_commit()
-        if commit:
-            tags["mlflow.source.git.commit"] = commit
-        tracker.start_parent(name, {**space.fixed, "space": space.name, "metric": space.metric,
-                                    "mode": space.mode}, tags)
-        cluster.write_record(f"{storage}/{name}/sweep.json", {
-            "parent_run_id": tracker.parent_run_id, "tracking_uri": tracking_uri,
-            "mlflow_experiment": tracker.experiment_name, "argv": argv,
-        })
+        tracker.start_recorded_parent(name, {**space.fixed, "space": space.name, "metric": space.metric,
+                                             "mode": space.mode}, tags,
+                                      record_path=f"{storage}/{name}/sweep.json", argv=argv)
 
     def report(results: Any) -> None:
         table = results_table(results, space)

@@ -120,6 +120,20 @@ class SweepTracker:
         self._log_params(self.parent_run_id, flatten(params))
         return self.parent_run_id
 
+    def start_recorded_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str], *,
+                              record_path: str, argv: list[str]) -> str:
+        """Start the parent run (tagged with the git commit) and write the record a ``--resume`` reads back."""
+        from orchestrator.cluster import write_record
+
+        tags = dict(tags)
+        commit = git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        run_id = self.start_parent(run_name, params, tags)
+        write_record(record_path, {"parent_run_id": run_id, "tracking_uri": self.tracking_uri,
+                                   "mlflow_experiment": self.experiment_name, "argv": argv})
+        return run_id
+
     def reopen_parent(self, run_id: str) -> None:
         self.parent_run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
