@@ -6,10 +6,7 @@
 #   EPOCHS=164 BATCHES=0 EXTRA_SET="dataset=cifar10 data_dir=$HOME/data/cifar-10-batches-py" \
 #   SWEEP_ARGS="--gpus-per-trial 1" repro/preact_vs_original.sh
 # Env: DEPTH EPOCHS BATCHES SEEDS EXTRA_SET (more key=value) SWEEP_ARGS (more sweep flags) MLFLOW_TRACKING_URI.
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/_sweep.sh"
 EXP="repro_preact_vs_original_$(date +%Y%m%d_%H%M%S)"
-# shellcheck disable=SC2086  # EXTRA_SET / SWEEP_ARGS are word lists on purpose
-python -m orchestrator.sweep repro/preact_vs_original.yaml --experiment "$EXP" --seeds "${SEEDS:-3}" ${SWEEP_ARGS:-} \
-  --set depth="${DEPTH:-110}" epochs="${EPOCHS:-2}" limit_train_batches="${BATCHES:-12}" ${EXTRA_SET:-}
+repro_sweep preact_vs_original 110 2 12
 python repro/summarize.py "$EXP" --by ordering

@@ -8,14 +8,8 @@
 #   EPOCHS=500 BATCHES=0 EXTRA_SET="dataset=cifar10 data_dir=$HOME/data/cifar-10-batches-py" \
 #   DEPTH=110 SWEEP_ARGS="--gpus-per-trial 1" repro/sd_schedules.sh     # DEPTH=1202: the 1202-layer net
 # Env: DEPTH EPOCHS BATCHES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI (as in preact_vs_original.sh).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/_sweep.sh"
 EXP="repro_sd_schedules_$(date +%Y%m%d_%H%M%S)"
-SET=(depth="${DEPTH:-56}" epochs="${EPOCHS:-2}" limit_train_batches="${BATCHES:-12}")
-# shellcheck disable=SC2086
-python -m orchestrator.sweep repro/sd_schedules.yaml --experiment "$EXP" --seeds "${SEEDS:-3}" ${SWEEP_ARGS:-} \
-  --set "${SET[@]}" ${EXTRA_SET:-}
-# shellcheck disable=SC2086
-python -m orchestrator.sweep repro/sd_schedules.yaml --experiment "$EXP" --seeds "${SEEDS:-3}" ${SWEEP_ARGS:-} \
-  --set "${SET[@]}" p_L=1.0 sd_schedule=linear ${EXTRA_SET:-}
+repro_sweep sd_schedules 56 2 12
+repro_sweep sd_schedules 56 2 12 p_L=1.0 sd_schedule=linear  # the no-SD baseline
 python repro/summarize.py "$EXP" --by p_L sd_schedule

@@ -6,10 +6,7 @@
 #   DEPTH=110 EPOCHS=164 BATCHES=0 EXTRA_SET="dataset=cifar10 data_dir=$HOME/data/cifar-10-batches-py" \
 #   SWEEP_ARGS="--gpus-per-trial 1" repro/shortcut_ablation.sh
 # Env: DEPTH EPOCHS BATCHES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI (as in preact_vs_original.sh).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/_sweep.sh"
 EXP="repro_shortcut_ablation_$(date +%Y%m%d_%H%M%S)"
-# shellcheck disable=SC2086
-python -m orchestrator.sweep repro/shortcut_ablation.yaml --experiment "$EXP" --seeds "${SEEDS:-3}" ${SWEEP_ARGS:-} \
-  --set depth="${DEPTH:-56}" epochs="${EPOCHS:-2}" limit_train_batches="${BATCHES:-12}" ${EXTRA_SET:-}
+repro_sweep shortcut_ablation 56 2 12
 python repro/summarize.py "$EXP" --by shortcut

@@ -8,11 +8,7 @@
 #   DEPTH=32 EPOCHS=256 SAMPLES=30 EXTRA_SET="widen=4 dataset=cifar10 data_dir=$HOME/data/cifar-10-batches-py" \
 #   SWEEP_ARGS="--gpus-per-trial 1" repro/swapout_inference.sh
 # Env: DEPTH EPOCHS BATCHES SAMPLES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI (as in preact_vs_original.sh).
-set -euo pipefail
-cd "$(dirname "$0")/.."
+source "$(dirname "$0")/_sweep.sh"
 EXP="repro_swapout_inference_$(date +%Y%m%d_%H%M%S)"
-# shellcheck disable=SC2086
-python -m orchestrator.sweep repro/swapout_inference.yaml --experiment "$EXP" --seeds "${SEEDS:-3}" ${SWEEP_ARGS:-} \
-  --set depth="${DEPTH:-20}" epochs="${EPOCHS:-3}" limit_train_batches="${BATCHES:-0}" \
-  inference_samples="${SAMPLES:-10}" ${EXTRA_SET:-}
+repro_sweep swapout_inference 20 3 0 inference_samples="${SAMPLES:-10}"
 python repro/summarize.py "$EXP" --by inference

@@ -34,7 +34,29 @@ def survival_probabilities(num_blocks: int, p_L: float, schedule: str = "linear"
     raise ValueError(f"unknown schedule {schedule!r}, expected one of {SCHEDULES}")
 
 
-class StochasticDepth(nn.Module):
+class SeededDraws:
+    """Mixin for a module that draws from its own CPU ``torch.Generator``, saved in ``state_dict()``.
+
+    Replicas built with the same seed draw the same values in the same step (a data-parallel group stays one model),
+    draws on the global RNG (dropout, augmentation) cannot change them, and a resumed run continues the sequence.
+    CPU on purpose: the draws are decided on the host, so there is no device sync even on GPU.
+    """
+
+    generator: torch.Generator
+
+    def seed_draws(self, seed: int) -> None:
+        self.generator = torch.Generator(device="cpu")
+        self.generator.manual_seed(seed)
+
+    def get_extra_state(self) -> dict[str, Tensor]:
+        return {"rng_state": self.generator.get_state()}
+
+    def set_extra_state(self, state: dict[str, Tensor]) -> None:
+        # .cpu(): a checkpoint loaded with map_location="cuda" would otherwise carry a CUDA tensor.
+        self.generator.set_state(state["rng_state"].cpu())
+
+
+class StochasticDepth(SeededDraws, nn.Module):
     """Wraps a residual branch F (an nn.Module) with survival probability p.
 
     training:  b ~ Bernoulli(p), one draw per forward (= per mini-batch); if b == 0 the branch is NOT
@@ -57,9 +79,7 @@ class StochasticDepth(nn.Module):
             raise ValueError(f"survival_prob must be in [0, 1], got {survival_prob!r}")
         self.branch = branch
         self.survival_prob = float(survival_prob)
-        # CPU on purpose: the draw is a scalar decided on the host, so no device sync even on GPU.
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(seed)
+        self.seed_draws(seed)
 
     def forward(self, x: Tensor) -> Tensor | None:
         p = self.survival_prob
@@ -72,13 +92,6 @@ class StochasticDepth(nn.Module):
             return self.branch(x) if survived else None
         # H_l^Test = ReLU(p_l f_l(H_{l-1}; W_l) + id(H_{l-1}))  -- expected branch contribution
         return p * self.branch(x)
-
-    def get_extra_state(self) -> dict[str, Tensor]:
-        return {"rng_state": self.generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        # .cpu(): a checkpoint loaded with map_location="cuda" would otherwise carry a CUDA tensor.
-        self.generator.set_state(state["rng_state"].cpu())
 
     def extra_repr(self) -> str:
         return f"survival_prob={self.survival_prob:.4g}"

@@ -34,6 +34,7 @@ from trainables.loop import LOOP_DEFAULTS, fit, load_data, validate_loop_config
 from trainables.preact_resnet import ResidualNet, stage_widths, units_per_stage
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.resnet import OptionAShortcut, block_seed
+from trainables.stochastic_depth import SeededDraws
 
 SWAP_SCHEDULES = ("linear", "uniform")
 INFERENCE = ("deterministic", "stochastic")
@@ -52,7 +53,7 @@ def swapout_rates(num_units: int, final: float, schedule: str = "linear") -> lis
     raise ValueError(f"unknown schedule {schedule!r}, expected one of {SWAP_SCHEDULES}")
 
 
-class SwapoutUnit(nn.Module):
+class SwapoutUnit(SeededDraws, nn.Module):
     """Y = Theta1 * S(X) + Theta2 * F(X), S the identity (option A where the shape changes).
 
     Masks come from this unit's own CPU generator (seeded per unit), so they are reproducible, checkpointed with
@@ -72,8 +73,7 @@ class SwapoutUnit(nn.Module):
         self.theta1, self.theta2 = float(theta1), float(theta2)
         self.granularity = granularity
         self.sampling = False
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(seed)
+        self.seed_draws(seed)
 
     def _mask(self, theta: float, like: Tensor) -> Tensor | float:
         """Theta ~ Bernoulli(theta): 1 iff u < theta, u ~ U[0, 1) (the same draw as StochasticDepth)."""
@@ -96,12 +96,6 @@ class SwapoutUnit(nn.Module):
             return out  # Theta2 = 0: F(X) contributes nothing, so it is not computed
         f = self.branch(x)
         return out + (f if isinstance(theta2, float) and theta2 == 1.0 else theta2 * f)  # Theta1 X + Theta2 F(X)
-
-    def get_extra_state(self) -> dict[str, Tensor]:
-        return {"rng_state": self.generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        self.generator.set_state(state["rng_state"].cpu())
 
     def extra_repr(self) -> str:
         return f"theta1={self.theta1:.4g}, theta2={self.theta2:.4g}, granularity={self.granularity}"

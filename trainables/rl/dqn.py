@@ -370,28 +370,16 @@ def extra_metrics(config: Mapping[str, Any]) -> Any:
 
 def validate_dqn(config: dict[str, Any]) -> None:
     """Out-of-range values raise :class:`ConfigError` with one line."""
-    check_range(config, "frames", 1)
     check_range(config, "lr", 0.0, low_open=True)
-    for key in ("epsilon_start", "epsilon_end", "eval_epsilon"):
+    check_range(config, "replay_capacity", config["batch_size"])  # at least one minibatch
+    for key in ("epsilon_start", "epsilon_end", "eval_epsilon", "gamma", "sticky_actions"):
         check_range(config, key, 0.0, 1.0)
-    check_range(config, "epsilon_frames", 1)
-    check_range(config, "gamma", 0.0, 1.0)
-    check_range(config, "batch_size", 1)
-    check_range(config, "train_freq", 1)
-    check_range(config, "replay_capacity", config["batch_size"])
-    check_range(config, "learning_starts", 0)
-    check_range(config, "target_update_steps", 1)
-    check_range(config, "rollout_fragment_length", 1)
-    check_range(config, "iteration_steps", 1)
-    check_range(config, "eval_interval", 0)
-    check_range(config, "eval_episodes", 1)
-    check_range(config, "num_env_runners", 0)
-    check_range(config, "num_envs_per_env_runner", 1)
-    check_range(config, "num_gpus", 0.0)
-    check_range(config, "frame_skip", 0)
-    check_range(config, "frame_stack", 1)
-    check_range(config, "noop_max", 0)
-    check_range(config, "sticky_actions", 0.0, 1.0)
+    for key in ("frames", "epsilon_frames", "batch_size", "train_freq", "target_update_steps",
+                "rollout_fragment_length", "iteration_steps", "eval_episodes", "num_envs_per_env_runner",
+                "frame_stack"):
+        check_range(config, key, 1)
+    for key in ("learning_starts", "eval_interval", "num_env_runners", "num_gpus", "frame_skip", "noop_max"):
+        check_range(config, key, 0)
     check_choice(config, "network", NETWORKS)
     check_choice(config, "optimizer", ("rmsprop", "adam"))
     check_choice(config, "loss", ("mse", "huber"))
