@@ -44,10 +44,30 @@ def test_reports_one_result_per_epoch_with_the_step_schedule(tmp_path: Path) -> 
     assert len(list((tmp_path / "ckpt").iterdir())) == 4
 
 
-def test_resume_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+def test_warmup_runs_at_warmup_lr_until_the_training_error_drops_then_rejoins_the_schedule(tmp_path: Path) -> None:
+    """He et al. (2015): lr 0.01 until the training error is below a threshold, then back to the step schedule."""
+    torch.set_num_threads(1)
+    never = registry.get("resnet").resolve({**TINY, "warmup_lr": 0.01, "warmup_until_error": 1e-9})
+    ctx = LocalContext(checkpoint_root=str(tmp_path / "never"))
+    _run(never, ctx)
+    assert [r["lr"] for r in ctx.results] == pytest.approx([0.01] * 4)  # the error never gets below 1e-9
+
+    at_once = registry.get("resnet").resolve({**TINY, "warmup_lr": 0.01, "warmup_until_error": 1.0})
+    ctx = LocalContext(checkpoint_root=str(tmp_path / "once"))
+    _run(at_once, ctx)
+    assert ctx.results[0]["train_error"] < 1.0
+    # One warm-up epoch, then the schedule as if there had been none (milestones at epochs 2 and 3 still apply).
+    assert [r["lr"] for r in ctx.results] == pytest.approx([0.01, 0.1, 0.01, 0.001])
+    with pytest.raises(registry.ConfigError, match="warmup_lr"):
+        registry.get("resnet").resolve({**TINY, "warmup_lr": -0.1})
+
+
+# The warm-up case: a resumed run must remember that its one warm-up epoch is over (its state is in the checkpoint).
+@pytest.mark.parametrize("extra", [{}, {"warmup_lr": 0.05, "warmup_until_error": 1.0}], ids=["plain", "warmup"])
+def test_resume_continues_exactly_where_it_stopped(tmp_path: Path, extra: dict) -> None:
     """Stopping after 2 epochs and resuming gives bit-identical weights to one uninterrupted run."""
     torch.set_num_threads(1)
-    config = registry.get("resnet").resolve(TINY)
+    config = registry.get("resnet").resolve({**TINY, **extra})
     straight = _run(config, LocalContext(checkpoint_root=str(tmp_path / "a")))
 
     # The first half stops after two reports: a context that raises after its second checkpoint, like a crash.

@@ -3,7 +3,8 @@
 Every supervised trainable is ``fit(ctx, config, data, build_model)``: the method supplies the model, the loop
 supplies everything else, identically for the in-process path, a DDP worker group and a plain Python call.
 The defaults are the optimizer of the stochastic-depth and ResNet papers: SGD, momentum 0.9, Nesterov,
-weight decay 1e-4, lr 0.1 divided by 10 at 50% and 75% of the epoch budget, batch 128.
+weight decay 1e-4, lr 0.1 divided by 10 at 50% and 75% of the epoch budget, batch 128. Optional: the ResNet-110
+warm-up (lr 0.01 until the training error is below 80%, He et al. 2015), ``warmup_lr``.
 """
 
 from __future__ import annotations
@@ -38,6 +39,11 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "weight_decay": 1e-4,
     "lr_milestones": [0.5, 0.75],  # fractions of `epochs` at which lr is multiplied by lr_gamma
     "lr_gamma": 0.1,
+    # He et al. (2015), Sec. 4.2, for ResNet-110: "we use 0.01 to warm up the training until the training error is
+    # below 80% (about 400 iterations), and then go back to 0.1". Decided per epoch (on CIFAR-10 one epoch is 391
+    # iterations), so every DDP rank switches together. None = no warm-up.
+    "warmup_lr": None,
+    "warmup_until_error": 0.8,
     "seed": 0,
     "limit_train_batches": 0,  # > 0: at most this many training batches per epoch (smoke tests, benchmarks)
 }
@@ -56,6 +62,9 @@ def validate_loop_config(config: Mapping[str, Any]) -> None:
     check_range(config, "weight_decay", 0.0)
     check_range(config, "lr_gamma", 0.0, 1.0, low_open=True)
     check_range(config, "limit_train_batches", 0)
+    if config["warmup_lr"] is not None:
+        check_range(config, "warmup_lr", 0.0, low_open=True)
+    check_range(config, "warmup_until_error", 0.0, 1.0, low_open=True)
     if not all(isinstance(m, (int, float)) and 0.0 < m < 1.0 for m in config["lr_milestones"]):
         raise ConfigError(f"lr_milestones={config['lr_milestones']!r} must be fractions of the epochs in (0, 1)")
     if config["nesterov"] and config["momentum"] == 0.0:
@@ -104,9 +113,10 @@ def fit(
     schedule = torch.optim.lr_scheduler.MultiStepLR(optimizer, milestones=milestones, gamma=config["lr_gamma"])
 
     start_epoch = 0
+    loop_state = {"warming_up": config["warmup_lr"] is not None}
     with ctx.restored_checkpoint() as checkpoint_dir:
         if checkpoint_dir is not None:
-            start_epoch = load_checkpoint(checkpoint_dir, model, optimizer, schedule) + 1
+            start_epoch = load_checkpoint(checkpoint_dir, model, optimizer, schedule, loop_state) + 1
     if start_epoch == 0:
         torch.manual_seed(seed + 100_003 * ctx.rank)  # dropout masks differ between ranks, as they would in one batch
 
@@ -128,10 +138,16 @@ def fit(
 
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, epochs):
+        scheduled_lrs = [group["lr"] for group in optimizer.param_groups]
+        if loop_state["warming_up"]:
+            for group in optimizer.param_groups:
+                group["lr"] = config["warmup_lr"]
         lr = optimizer.param_groups[0]["lr"]
         started = time.perf_counter()
         train_loss, train_error, seen = train_one_epoch(model, train_loader, optimizer, loss_fn, epoch, limit)
         epoch_seconds = time.perf_counter() - started
+        for group, scheduled in zip(optimizer.param_groups, scheduled_lrs, strict=True):
+            group["lr"] = scheduled  # the step schedule continues from its own lr, as if there were no warm-up
         schedule.step()
         # The per-rank sums become global means (identity in one process).
         totals = ctx.all_reduce_mean(torch.tensor([train_loss, train_error, float(seen)], dtype=torch.float64))
@@ -143,6 +159,8 @@ def fit(
             "epoch_seconds": epoch_seconds,
             "samples_per_second": float(totals[2]) * ctx.world_size / epoch_seconds,
         }
+        if loop_state["warming_up"] and metrics["train_error"] < config["warmup_until_error"]:
+            loop_state["warming_up"] = False  # the next epoch goes back to the scheduled lr
         for name, loader in eval_loaders.items():
             loss, error = evaluate(unwrap(model), loader, loss_fn)
             metrics.update({f"{name}_loss": loss, f"{name}_error": error, f"{name}_accuracy": 1.0 - error})
@@ -150,7 +168,7 @@ def fit(
             metrics["replicas_in_sync"] = float(replicas_in_sync(ctx, unwrap(model)))
         with tempfile.TemporaryDirectory(prefix="ckpt_") as tmp:
             if ctx.is_chief:
-                save_checkpoint(tmp, unwrap(model), optimizer, schedule, epoch, config)
+                save_checkpoint(tmp, unwrap(model), optimizer, schedule, epoch, config, loop_state)
             ctx.report(metrics, checkpoint_dir=tmp if ctx.is_chief else None)
     return metrics
 
@@ -203,8 +221,10 @@ def save_checkpoint(
     schedule: torch.optim.lr_scheduler.LRScheduler,
     epoch: int,
     config: Mapping[str, Any],
+    loop_state: Mapping[str, Any] | None = None,
 ) -> None:
-    """Everything a resumed run needs to continue exactly: weights, optimizer moments, schedule, RNG, epoch."""
+    """Everything a resumed run needs to continue exactly: weights, optimizer moments, schedule, RNG, epoch, and the
+    loop's own state (``loop_state``: whether the warm-up is still on)."""
     torch.save(
         {
             "model": model.state_dict(),
@@ -213,6 +233,7 @@ def save_checkpoint(
             "epoch": epoch,
             "torch_rng": torch.get_rng_state(),
             "config": dict(config),
+            "loop_state": dict(loop_state or {}),
         },
         os.path.join(directory, CHECKPOINT_FILE),
     )
@@ -227,8 +248,10 @@ def load_checkpoint(
     model: nn.Module,
     optimizer: torch.optim.Optimizer | None = None,
     schedule: torch.optim.lr_scheduler.LRScheduler | None = None,
+    loop_state: dict[str, Any] | None = None,
 ) -> int:
-    """Load a :func:`save_checkpoint` directory into the given objects; returns the epoch it was saved after."""
+    """Load a :func:`save_checkpoint` directory into the given objects (``loop_state`` is updated in place);
+    returns the epoch it was saved after."""
     path = os.path.join(directory, CHECKPOINT_FILE)
     try:
         state = torch.load(path, map_location="cpu", weights_only=False)
@@ -242,6 +265,8 @@ def load_checkpoint(
     if schedule is not None:
         schedule.load_state_dict(state["schedule"])
     torch.set_rng_state(state["torch_rng"])
+    if loop_state is not None:
+        loop_state.update(state.get("loop_state", {}))
     return int(state["epoch"])
 
 
