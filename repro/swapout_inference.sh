@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Claim: swapout with stochastic inference (mean softmax of N sampled passes) beats deterministic inference.
-# Default budget (MNIST-5k, 2-core CPU, 5-8 min): pre-activation ResNet-20 with swapout Linear(1, 0.5), 3 full
-# epochs (84 SGD steps), N = 10 samples (the paper: 30), 2 inference modes x 3 seeds, 2 trials at a time.
+# Default budget (MNIST-5k, 2-core CPU, about 30 min when quiet): pre-activation ResNet-20 with swapout
+# Linear(1, 0.5), 30 epochs (840 SGD steps), N = 10 samples (the paper: 30), 2 inference modes x 3 seeds, 2 trials at a time.
 # Each config trains its own net (same seed); the two differ only from the first evaluation on, where stochastic
 # inference draws masks from the units' generators.
 # CIFAR-10 on GPUs (the paper's wide 32-layer swapout nets, 256 epochs, N = 30):
@@ -10,5 +10,5 @@
 # Env: DEPTH EPOCHS BATCHES SAMPLES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI (as in preact_vs_original.sh).
 source "$(dirname "$0")/_sweep.sh"
 EXP="repro_swapout_inference_$(date +%Y%m%d_%H%M%S)"
-repro_sweep swapout_inference 20 3 0 inference_samples="${SAMPLES:-10}"
+repro_sweep swapout_inference 20 30 0 inference_samples="${SAMPLES:-10}"
 python repro/summarize.py "$EXP" --by inference
