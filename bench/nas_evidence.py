@@ -53,10 +53,12 @@ def run_search(root: Path, name: str, controller: str, seed: int, args: argparse
 
 
 def latency_cv(repeats: int, blocks: int) -> dict:
-    """CV of ``repeats`` measurements (each the median of 30 timed runs) of one fixed child, batch 1, 1 thread."""
+    """CV of ``repeats`` measurements of one fixed child, each as a NAS trial takes it (the child defaults:
+    ``latency_warmup`` untimed runs, the median of ``latency_repeats`` timed ones, batch 1, 1 thread)."""
     import torch
 
     from trainables.latency import measure_latency
+    from trainables.nas_child import NAS_CHILD_DEFAULTS
     from trainables.nas_spaces import get_space
 
     space = get_space("mnasnet", blocks)
@@ -65,7 +67,8 @@ def latency_cv(repeats: int, blocks: int) -> dict:
     model = space.build(tokens, (1, 28, 28), 10)
     medians, within = [], []
     for _ in range(repeats):
-        m = measure_latency(model, (1, 28, 28), batch=1, warmup=10, repeats=30, threads=1)
+        m = measure_latency(model, (1, 28, 28), batch=1, warmup=NAS_CHILD_DEFAULTS["latency_warmup"],
+                            repeats=NAS_CHILD_DEFAULTS["latency_repeats"], threads=1)
         medians.append(m["latency_ms"])
         within.append(m["latency_cv"])
     return {"arch": space.describe(tokens), "repeats": repeats, "median_ms": statistics.median(medians),

@@ -54,8 +54,8 @@ def _threads(n: int) -> Iterator[None]:
 
 
 @torch.inference_mode()
-def measure_latency(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, warmup: int = 10,
-                    repeats: int = 30, threads: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
+def measure_latency(model: nn.Module, input_shape: Sequence[int], *, batch: int = 1, warmup: int = 30,
+                    repeats: int = 100, threads: int = 1, device: torch.device | str = "cpu") -> dict[str, float]:
     """Median latency (ms) of ``model`` on ``batch`` inputs of ``input_shape``, with its spread."""
     device = torch.device(device)
     x = torch.randn(batch, *input_shape, device=device)

@@ -36,8 +36,10 @@ NAS_CHILD_DEFAULTS: dict[str, Any] = {
     "arch": "",  # the readable form of the tokens (written by the searcher, for people and MLflow; not used)
     "trial_index": 0,  # the searcher's sample counter (orders trials in plots)
     "latency_batch": 1,
-    "latency_warmup": 10,
-    "latency_repeats": 30,
+    # 30 warm-up + median of 100 runs: CV of repeated measurements of one child 1.8% vs 3.5% with 10 + 30 (quiet,
+    # interleaved, docs/RESULTS.md Part II); ~0.4 s a child.
+    "latency_warmup": 30,
+    "latency_repeats": 100,
     "latency_threads": 1,
     "latency_cache": None,  # JSON file shared by the trials of a machine; None = always measure
 }
