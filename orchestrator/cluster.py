@@ -10,6 +10,9 @@ from typing import Any
 SHARED_STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfss://", "hdfs://")
 
 
+EMBEDDED = "embedded local Ray"  # what connect() returns when it started its own Ray (callers test for it)
+
+
 def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus: int | None = None) -> str:
     """Start or join Ray; returns a description for the user. Reuses a Ray already initialized in this process."""
     import ray
@@ -22,7 +25,7 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         return f"Ray cluster at {address}"
     # address="local" always starts a fresh instance owned by this process: never attach to someone else's.
     ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
-    return "embedded local Ray"
+    return EMBEDDED
 
 
 def default_storage() -> str:

@@ -115,6 +115,8 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     torch.set_num_threads(1)  # the driver only steps the small controller; the cores belong to the children
     where = cluster.connect(args.address, num_cpus=args.num_cpus)
+    if where == cluster.EMBEDDED:
+        runner.check_fits_local(TRAINABLE, resources, base)
     print(f"nas: {original.trials} children of the {original.space} space, {original.controller} controller, "
           f"{original.reward} reward (T = {original.target_ms:g} ms) on {where}; {resources.describe()}; "
           f"MLflow {tracking_uri}; storage {storage}/{name}")

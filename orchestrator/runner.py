@@ -62,6 +62,49 @@ class TrialResources:
         return f"{self.cpus:g} CPU, {self.gpus:g} GPU per trial, {where}"
 
 
+def trial_bundles(trainable: str, resources: TrialResources, config: dict[str, Any]) -> list[dict[str, float]]:
+    """The resource bundles one trial of ``trainable`` holds: the method's own where it asks for them (RLlib: trial
+    process, env runners, GPU learner), else the trial process plus its DDP workers from ``resources``."""
+    spec = registry.get(trainable)
+    if spec.placement is not None:
+        return spec.placement(config)
+    if not resources.uses_worker_group:
+        return [{"CPU": resources.cpus}]
+    return [{"CPU": WORKER_GROUP_DRIVER_CPUS}] + [resources.per_worker()] * resources.num_workers
+
+
+def total_resources(bundles: list[dict[str, float]]) -> dict[str, float]:
+    """Sum of ``bundles`` by resource name."""
+    total: dict[str, float] = {}
+    for bundle in bundles:
+        for name, amount in bundle.items():
+            total[name] = total.get(name, 0.0) + amount
+    return total
+
+
+def describe_resources(trainable: str, resources: TrialResources, config: dict[str, Any]) -> str:
+    """What one trial holds, for the sweep's header and parent-run tag."""
+    if registry.get(trainable).placement is None:
+        return resources.describe()
+    bundles = trial_bundles(trainable, resources, config)
+    held = ", ".join(f"{amount:g} {name}" for name, amount in sorted(total_resources(bundles).items()))
+    return f"{held} per trial in {len(bundles)} bundle(s), the trainable's own placement"
+
+
+def check_fits_local(trainable: str, resources: TrialResources, config: dict[str, Any]) -> None:
+    """On the embedded local Ray, a trial that asks for more GPUs than the machine has would wait forever (Ray's
+    autoscaler only logs that nothing can fulfil it): fail at once with one line instead."""
+    import ray
+
+    wanted = total_resources(trial_bundles(trainable, resources, config)).get("GPU", 0.0)
+    available = ray.cluster_resources().get("GPU", 0.0)
+    if wanted > available:
+        raise registry.ConfigError(
+            f"a trial of '{trainable}' needs {wanted:g} GPU(s) but this machine's Ray has {available:g}; run "
+            "without GPUs, or join a cluster that has them with --address"
+        )
+
+
 def make_trainable(
     trainable: str, resources: TrialResources, *, storage_path: str, experiment_name: str
 ) -> Callable[[dict[str, Any]], None]:

@@ -104,14 +104,17 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
         num_workers=original.workers, cpus=original.cpus_per_trial, gpus=original.gpus_per_trial
     )
     tracking.check_reachable(tracking_uri)
+    held = runner.describe_resources(spec.name, resources, base_config)
 
     # 2. Ray, then the parent run, then Tune.
     where = cluster.connect(args.address, num_cpus=args.num_cpus)
+    if where == cluster.EMBEDDED:
+        runner.check_fits_local(spec.name, resources, base_config)
     if (args.address or "ray://" in where) and not cluster.is_shared(storage):
         print(f"warning: storage {storage} is local to this node; a multi-node cluster needs s3:// or NFS",
               file=sys.stderr)
     print(f"sweep '{space.name}': {space.num_trials()} trial(s) of '{spec.name}' on {where}; "
-          f"{resources.describe()}; MLflow {tracking_uri}; storage {storage}/{name}")
+          f"{held}; MLflow {tracking_uri}; storage {storage}/{name}")
 
     tracker = tracking.SweepTracker(tracking_uri, record["mlflow_experiment"] if record else (
         args.experiment or space.name))
@@ -120,7 +123,7 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
     else:
         tags = {"trainable": spec.name, "search_space": space.name, "ray.experiment": f"{storage}/{name}",
                 "command": f"{prog} {shlex.join(argv)}",
-                "resources": resources.describe()}
+                "resources": held}
         tracker.start_recorded_parent(name, {**space.fixed, "space": space.name, "metric": space.metric,
                                              "mode": space.mode}, tags,
                                       record_path=f"{storage}/{name}/sweep.json", argv=argv)

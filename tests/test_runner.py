@@ -27,3 +27,20 @@ def test_workers_or_gpus_use_a_worker_group_that_fits_the_trial_budget(workers: 
 def test_impossible_resources_are_config_errors(workers: int, cpus: float, gpus: float) -> None:
     with pytest.raises(ConfigError):
         TrialResources(num_workers=workers, cpus=cpus, gpus=gpus)
+
+
+def test_a_gpu_trial_on_a_machine_without_gpus_fails_at_once(ray_address: str) -> None:
+    """On the embedded Ray a trial asking for a GPU the machine lacks would wait forever; the CLIs check first."""
+    from orchestrator import runner
+    from trainables import registry
+
+    resnet = registry.get("resnet").resolve({})
+    runner.check_fits_local("resnet", TrialResources(cpus=2.0), resnet)  # CPU-only fits (the session Ray has 4)
+    assert runner.trial_bundles("resnet", TrialResources(num_workers=2, cpus=2.0, gpus=1.0), resnet) == [
+        {"CPU": WORKER_GROUP_DRIVER_CPUS}, *[{"CPU": (2.0 - WORKER_GROUP_DRIVER_CPUS) / 2, "GPU": 0.5}] * 2]
+    with pytest.raises(ConfigError, match=r"a trial of 'resnet' needs 1 GPU\(s\) but this machine's Ray has 0"):
+        runner.check_fits_local("resnet", TrialResources(gpus=1.0), resnet)
+    # A trainable with its own placement (RLlib) is checked on its bundles, not on --gpus-per-trial.
+    dqn = registry.get("dqn").resolve({"env": "CartPole-v1", "num_gpus": 1})
+    with pytest.raises(ConfigError, match="'dqn' needs 1 GPU"):
+        runner.check_fits_local("dqn", TrialResources(), dqn)
