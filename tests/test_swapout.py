@@ -167,3 +167,24 @@ def test_registered_trainable_validates() -> None:
         with pytest.raises(registry.ConfigError, match=message) as err:
             spec.resolve(overrides)
         assert "\n" not in str(err.value)
+
+
+def test_inference_both_scores_the_same_weights_in_both_modes(tmp_path) -> None:  # noqa: ANN001
+    """``inference=both``: the reported metrics are deterministic, and each epoch also scores the same net with
+    stochastic inference (a paired comparison instead of two nets trained apart)."""
+    from trainables.context import LocalContext
+
+    torch.set_num_threads(1)
+    spec = registry.get("swapout")
+    config = spec.resolve({"inference": "both", "inference_samples": 3, "depth": 8, "epochs": 2,
+                           "limit_train_batches": 3, "batch_size": 32})
+    ctx = LocalContext(checkpoint_root=str(tmp_path))
+    spec.train(config, ctx)
+    assert len(ctx.results) == 2
+    for result in ctx.results:
+        for split in ("val", "test"):
+            assert result[f"{split}_error_deterministic"] == result[f"{split}_error"]
+            assert result[f"{split}_loss_deterministic"] == pytest.approx(result[f"{split}_loss"])
+            # the stochastic score is a different rule on the same weights: N sampled passes, not the expectations
+            assert result[f"{split}_loss_stochastic"] != pytest.approx(result[f"{split}_loss"], rel=1e-6)
+            assert 0.0 <= result[f"{split}_error_stochastic"] <= 1.0

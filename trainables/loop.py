@@ -14,6 +14,7 @@ import os
 import tempfile
 import time
 from collections.abc import Callable, Mapping
+from contextlib import AbstractContextManager
 from typing import Any
 
 import torch
@@ -92,8 +93,13 @@ def fit(
     data: DatasetBundle,
     build_model: Callable[[], nn.Module],
     loss_fn: Callable[[torch.Tensor, torch.Tensor], torch.Tensor] = F.cross_entropy,
+    eval_modes: Mapping[str, Callable[[nn.Module], AbstractContextManager[Any]]] | None = None,
 ) -> dict[str, Any]:
     """Train ``build_model()`` on ``data`` for ``config['epochs']`` epochs; returns the last epoch's metrics.
+
+    ``eval_modes`` (name -> context manager that puts the model in that mode) also scores the same weights in every
+    named mode, reported as ``{split}_error_{name}`` / ``{split}_loss_{name}``: paired comparisons of inference
+    rules (swapout: deterministic vs stochastic) without training two nets.
 
     Resumes from ``ctx``'s checkpoint when there is one (a retried or resumed trial continues, it does not
     restart). Reports once per epoch with a checkpoint of model, optimizer, schedule and RNG state.
@@ -164,6 +170,10 @@ def fit(
         for name, loader in eval_loaders.items():
             loss, error = evaluate(unwrap(model), loader, loss_fn)
             metrics.update({f"{name}_loss": loss, f"{name}_error": error, f"{name}_accuracy": 1.0 - error})
+            for mode, entered in (eval_modes or {}).items():
+                with entered(unwrap(model)):
+                    loss, error = evaluate(unwrap(model), loader, loss_fn)
+                metrics.update({f"{name}_loss_{mode}": loss, f"{name}_error_{mode}": error})
         if ctx.world_size > 1:
             metrics["replicas_in_sync"] = float(replicas_in_sync(ctx, unwrap(model)))
         with tempfile.TemporaryDirectory(prefix="ckpt_") as tmp:

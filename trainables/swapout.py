@@ -22,6 +22,8 @@ F is the full pre-activation basic branch (BN-ReLU-conv3x3-BN-ReLU-conv3x3) of `
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import Any
 
 import torch
@@ -38,6 +40,8 @@ from trainables.stochastic_depth import SeededDraws
 
 SWAP_SCHEDULES = ("linear", "uniform")
 INFERENCE = ("deterministic", "stochastic")
+# The trainable's ``inference`` also takes "both": deterministic metrics, plus both modes scored on the same weights.
+TRAINABLE_INFERENCE = (*INFERENCE, "both")
 GRANULARITY = ("element", "unit")
 
 
@@ -108,6 +112,17 @@ class SwapoutNet(ResidualNet):
         super().__init__(*args, **kwargs)
         self.inference, self.samples = inference, samples
 
+    @contextmanager
+    def inferring(self, mode: str) -> Iterator[None]:
+        """Evaluate in ``mode`` (deterministic or stochastic) inside the block, whatever the net's own setting."""
+        if mode not in INFERENCE:
+            raise ValueError(f"inference={mode!r} is not one of {', '.join(INFERENCE)}")
+        own, self.inference = self.inference, mode
+        try:
+            yield
+        finally:
+            self.inference = own
+
     def swapout_units(self) -> list[SwapoutUnit]:
         return [m for m in self.modules() if isinstance(m, SwapoutUnit)]
 
@@ -155,7 +170,9 @@ SWAPOUT_DEFAULTS: dict[str, Any] = {
     "widen": 1.0,  # Wide-ResNet k (the paper's swapout nets are wide: e.g. 32 layers, k = 4)
     "swap_schedule": "linear",  # linear: Linear(1, swap_final); uniform: every unit swap_final
     "swap_final": 0.5,  # theta at the last unit (theta1 = theta2); 1.0 = plain pre-activation ResNet
-    "inference": "deterministic",  # deterministic: masks -> expectations; stochastic: mean softmax of N samples
+    # deterministic: masks -> expectations; stochastic: mean softmax of N samples; both: deterministic metrics plus
+    # {split}_error_deterministic / {split}_error_stochastic of the same weights each epoch (a paired comparison)
+    "inference": "deterministic",
     "inference_samples": 30,  # N of stochastic inference (the paper: 30)
     "dropout": 0.0,  # dropout between the convs of each branch
 }
@@ -169,7 +186,7 @@ def validate_swapout(config: dict[str, Any]) -> None:
     check_range(config, "widen", 0.0, 64.0, low_open=True)
     check_choice(config, "swap_schedule", SWAP_SCHEDULES)
     check_range(config, "swap_final", 0.0, 1.0)
-    check_choice(config, "inference", INFERENCE)
+    check_choice(config, "inference", TRAINABLE_INFERENCE)
     check_range(config, "inference_samples", 1, 1000)
     check_range(config, "dropout", 0.0, 1.0, high_open=True)
 
@@ -178,8 +195,10 @@ def validate_swapout(config: dict[str, Any]) -> None:
 def train_swapout(config: dict[str, Any], ctx: Context) -> None:
     """Swapout (Singh et al. 2016) on a pre-activation ResNet: rate schedule, deterministic or stochastic inference."""
     data = load_data(config)
+    both = config["inference"] == "both"
     fit(ctx, config, data, lambda: build_swapout_resnet(
         depth=config["depth"], widen=config["widen"], num_classes=data.num_classes, in_channels=data.input_shape[0],
-        final_rate=config["swap_final"], schedule=config["swap_schedule"], inference=config["inference"],
+        final_rate=config["swap_final"], schedule=config["swap_schedule"],
+        inference="deterministic" if both else config["inference"],
         samples=config["inference_samples"], dropout=config["dropout"], seed=config["seed"],
-    ))
+    ), eval_modes={mode: (lambda net, mode=mode: net.inferring(mode)) for mode in INFERENCE} if both else None)
