@@ -4,9 +4,13 @@ Why: the issue's goal is RLlib/plain >= 0.7x, so that scaling out with Ray does 
 one machine. Both variants use the same pieces, in one process, one torch thread, interleaved per repeat
 (rllib, plain, rllib, plain, ...):
 
-- ``rllib``: ``build_algo_config`` of ``trainables.rl.dqn`` (the registered trainable's config), local env runner
-  (``num_env_runners=0``) and local learner; ``algo.train()`` calls of ``--steps`` agent steps each are timed after a
-  warm-up call that fills the replay memory past ``learning_starts``.
+- ``rllib``: ``build_algo_config`` of ``trainables.rl.dqn`` (the registered trainable's config: ``PaperDQN``'s
+  loop over the frame-ring replay memory), local env runner (``num_env_runners=0``) and local learner;
+  ``algo.train()`` calls of ``--steps`` agent steps each are timed after a warm-up call that fills the replay memory
+  past ``learning_starts``.
+- ``--stock`` adds ``rllib stock loop``: the same config run by RLlib's own ``DQN.training_step`` and
+  ``EpisodeReplayBuffer`` with RLlib's default nan/inf gradient checks (what the trainable used before the frame
+  ring), so the gain is measured side by side.
 - ``plain``: ``atari.make_env`` (same preprocessing), ``build_q_network`` (same 2013 network), a uint8 ring buffer,
   epsilon-greedy acting, one RMSProp minibatch of 32 per ``train_freq`` = 4 agent steps (same update ratio and
   loss, target = online network as in the 2013 paper). Timed over ``--steps`` steps after the same warm-up.
@@ -37,19 +41,37 @@ from trainables.rl.dqn import build_algo_config, build_q_network, epsilon_at
 
 def dqn_config(game: str, steps: int, warmup: int) -> dict[str, Any]:
     """The trainable's config as a bench runs it: no evaluation, one train() = ``steps`` agent steps."""
-    return registry.get("dqn").resolve({
-        "env": game, "frames": 10**9, "learning_starts": warmup, "iteration_steps": steps, "eval_interval": 0,
-        "replay_capacity": 20_000,
-        # epsilon at its final 0.1 from the start: the rate of 90% of a paper-length run, and both variants then
-        # run the network for almost every action (at epsilon ~1 the plain loop would skip the forward pass)
-        "epsilon_frames": 4,
-    })
+    return registry.get("dqn").resolve(
+        {
+            "env": game,
+            "frames": 10**9,
+            "learning_starts": warmup,
+            "iteration_steps": steps,
+            "eval_interval": 0,
+            "replay_capacity": 20_000,
+            # epsilon at its final 0.1 from the start: the rate of 90% of a paper-length run, and both variants then
+            # run the network for almost every action (at epsilon ~1 the plain loop would skip the forward pass)
+            "epsilon_frames": 4,
+        }
+    )
 
 
 class RLlibAgent:
-    def __init__(self, config: dict[str, Any]) -> None:
+    def __init__(self, config: dict[str, Any], stock: bool = False) -> None:
         self.config = config
-        self.algo = build_algo_config(config).build_algo()
+        algo_config = build_algo_config(config)
+        if stock:  # RLlib's own loop and episode buffer (same intensity: RLlib's formula gives 32/4 with 0 runners)
+            from ray.rllib.algorithms.dqn import DQN
+
+            algo_config.algo_class = DQN
+            algo_config.framework(torch_skip_nan_gradients=False).training(
+                replay_buffer_config={
+                    "type": "EpisodeReplayBuffer",
+                    "capacity": config["replay_capacity"],
+                    "no_local_replay_buffer": False,
+                }
+            )
+        self.algo = algo_config.build_algo()
         while self._steps() < config["learning_starts"] + config["rollout_fragment_length"]:
             self.algo.train()  # warm-up: replay filled, updates running
 
@@ -74,8 +96,13 @@ class PlainAgent:
         self.env = atari.make_env(atari.env_config_from(config))
         shape, n = self.env.observation_space.shape, self.env.action_space.n
         self.q = build_q_network(config["network"], shape, n)
-        self.opt = torch.optim.RMSprop(self.q.parameters(), lr=config["lr"], alpha=config["rmsprop_alpha"],
-                                       eps=config["rmsprop_eps"], centered=True)
+        self.opt = torch.optim.RMSprop(
+            self.q.parameters(),
+            lr=config["lr"],
+            alpha=config["rmsprop_alpha"],
+            eps=config["rmsprop_eps"],
+            centered=True,
+        )
         cap = config["replay_capacity"]
         self.obs = np.zeros((cap, *shape), np.uint8)
         self.next_obs = np.zeros((cap, *shape), np.uint8)
@@ -134,13 +161,25 @@ RLLIB_PIECES = [
     ("env runner sample (env step + inference + connectors)", "single_agent_env_runner.py", "(sample)"),
     ("  of it: module forward_exploration", "torch_rl_module.py", "(forward_exploration)"),
     ("  of it: env.step (ALE + wrappers)", "sync_vector_env.py", "(step)"),
-    ("replay add", "episode_replay_buffer.py", "(add)"),
-    ("replay sample (builds episodes per item)", "episode_replay_buffer.py", "(sample)"),
+    (
+        "connector pipelines (env runner's both ways; stock: also the learner's)",
+        "connector_pipeline_v2.py",
+        "(__call__)",
+    ),
+    ("replay add (frame ring)", "frame_replay.py", "(add_episodes)"),
+    ("replay sample (frame ring -> columns)", "frame_replay.py", "(sample)"),
+    ("replay add (stock: episode buffer)", "episode_replay_buffer.py", "(add)"),
+    ("replay sample (stock: builds an episode per item)", "episode_replay_buffer.py", "(sample)"),
     ("learner group update", "learner_group.py", "(update)"),
-    ("  of it: learner connector (episodes -> batch)", "learner_connector_pipeline.py", "(__call__)"),
+    (
+        "  of it: learner connector (episodes -> batch; not run on a ready batch)",
+        "learner_connector_pipeline.py",
+        "(__call__)",
+    ),
+    ("  of it: minibatch slicing", "minibatch_utils.py", "(__iter__)"),
     ("  of it: forward_train", "rl_module.py", "(forward_train)"),
     ("  of it: backward", "_tensor.py", "(backward)"),
-    ("  of it: optimizer step", "torch_learner.py", "(apply_gradients)"),
+    ("  of it: optimizer step (+ RLlib's nan checks unless skipped)", "torch_learner.py", "(apply_gradients)"),
     ("weight sync learner -> env runner", "env_runner_group.py", "(sync_weights)"),
     ("metrics reduce", "metrics_logger.py", "(reduce)"),
 ]
@@ -160,7 +199,13 @@ def profile(agent: Any, pieces: list[tuple[str, str, str]]) -> list[tuple[str, f
     stats = pstats.Stats(profiler).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
     rows = [("total (profiled)", seconds)]
     for label, file_part, name_part in pieces:
-        ct = sum(v[3] for (file, _line, name), v in stats.items() if file_part in file and f"({name})" == name_part)
+        # the file name must match whole ("rl_module.py" is not "torch_rl_module.py"): nested same-named calls in
+        # other files would be counted twice
+        ct = sum(
+            v[3]
+            for (file, _line, name), v in stats.items()
+            if file.endswith("/" + file_part) and f"({name})" == name_part
+        )
         rows.append((label, ct))
     return rows
 
@@ -170,9 +215,15 @@ def main() -> None:
     parser.add_argument("--game", default="Pong")
     parser.add_argument("--steps", type=int, default=2000, help="agent steps per timed chunk")
     parser.add_argument("--warmup", type=int, default=1000, help="learning_starts (agent steps before updates)")
-    parser.add_argument("--fragments", type=int, nargs="+", default=[64],
-                        help="RLlib rollout_fragment_length values, one RLlib variant each (default: the trainable's)")
+    parser.add_argument(
+        "--fragments",
+        type=int,
+        nargs="+",
+        default=[64],
+        help="RLlib rollout_fragment_length values, one RLlib variant each (default: the trainable's)",
+    )
     parser.add_argument("--profile", action="store_true")
+    parser.add_argument("--stock", action="store_true", help="also time RLlib's own DQN loop and episode buffer")
     _common.add_common_args(parser, repeats=3)
     args = parser.parse_args()
 
@@ -181,7 +232,10 @@ def main() -> None:
     config = dqn_config(args.game, args.steps, args.warmup)
     frame_skip = atari.frame_skip_for(config["env"], config["frame_skip"])
     agents: dict[str, Any] = {
-        f"rllib (fragment {f})": RLlibAgent({**config, "rollout_fragment_length": f}) for f in args.fragments}
+        f"rllib (fragment {f})": RLlibAgent({**config, "rollout_fragment_length": f}) for f in args.fragments
+    }
+    if args.stock:
+        agents["rllib stock loop (fragment 64)"] = RLlibAgent({**config, "rollout_fragment_length": 64}, stock=True)
     agents["plain"] = PlainAgent(config)
     fps: dict[str, list[float]] = {name: [] for name in agents}
     loads: list[float] = []
@@ -195,7 +249,8 @@ def main() -> None:
     plain = _common.median(fps["plain"])
     table = _common.Table(
         title=f"DQN env frames/s on {config['env']} (median of {args.repeats} chunks of {args.steps} agent steps)",
-        columns=["variant", "frames/s", "agent steps/s", "chunks (frames/s)"])
+        columns=["variant", "frames/s", "agent steps/s", "chunks (frames/s)"],
+    )
     for name in agents:
         med = _common.median(fps[name])
         table.add(name, med, med / frame_skip, " ".join(f"{v:.0f}" for v in fps[name]))
@@ -211,12 +266,15 @@ def main() -> None:
     ]
     tables = [table]
     if args.profile:
-        prof = _common.Table(title=f"Where one chunk of {args.steps} agent steps goes (cProfile, seconds)",
-                             columns=["piece", "seconds"])
-        first_rllib = next(iter(agents))
-        for name, pieces in ((first_rllib, RLLIB_PIECES), ("plain", PLAIN_PIECES)):
+        prof = _common.Table(
+            title=f"Where one chunk of {args.steps} agent steps goes (cProfile, seconds)", columns=["piece", "seconds"]
+        )
+        profiled = [(next(iter(agents)), RLLIB_PIECES)]
+        profiled += [(name, RLLIB_PIECES) for name in agents if "stock" in name] + [("plain", PLAIN_PIECES)]
+        for name, pieces in profiled:
             for label, seconds in profile(agents[name], pieces):
-                prof.add(f"{name}: {label}", seconds)
+                if seconds or "learner connector" in label:  # leave out the other replay memory's rows
+                    prof.add(f"{name}: {label}", seconds)
         prof.notes = ["cProfile slows Python-heavy code more than torch kernels; read the shares, not the totals"]
         tables.append(prof)
     for agent in agents.values():

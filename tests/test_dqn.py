@@ -20,9 +20,17 @@ from trainables.rl.dqn import build_q_network, epsilon_at, play
 
 # A CartPole setting that learns in ~10k steps on one core (tuned for speed; the Atari defaults are the paper's).
 CARTPOLE = {
-    "env": "CartPole-v1", "lr": 1e-3, "optimizer": "adam", "loss": "huber", "learning_starts": 500,
-    "epsilon_frames": 3000, "epsilon_end": 0.02, "target_network": True, "target_update_steps": 500,
-    "replay_capacity": 50_000, "iteration_steps": 1000,
+    "env": "CartPole-v1",
+    "lr": 1e-3,
+    "optimizer": "adam",
+    "loss": "huber",
+    "learning_starts": 500,
+    "epsilon_frames": 3000,
+    "epsilon_end": 0.02,
+    "target_network": True,
+    "target_update_steps": 500,
+    "replay_capacity": 50_000,
+    "iteration_steps": 1000,
 }
 
 
@@ -94,6 +102,84 @@ def test_vector_envs_pass_through() -> None:
     assert obs.shape == (4,) and obs.dtype == np.float32
 
 
+# ---- the replay memory (a ring of single frames) -------------------------------------------------------------------
+
+
+def _counter_chunks(steps: int, chunk: int, episode_id: str, start: int = 0) -> list[dict[str, Any]]:
+    """Observations of atari.FrameStack over the counter env, cut into chunks as RLlib's env runner returns them
+    (each chunk's first observation is the previous chunk's last); the action of step t is t (to find phi_t)."""
+    env = atari.FrameStack(_Counter(), k=4)
+    observations = [env.reset()[0]]
+    for _ in range(steps):
+        observations.append(env.step(0)[0])
+    observations = np.stack(observations)
+    return [
+        {
+            "episode_id": episode_id,
+            "observations": observations[t : t + chunk + 1],
+            "actions": np.arange(start + t, start + min(t + chunk, steps)),
+            "rewards": np.ones(min(chunk, steps - t)),
+            "terminated": t + chunk >= steps,
+            "truncated": False,
+        }
+        for t in range(0, steps, chunk)
+    ], observations
+
+
+def test_frame_replay_rebuilds_the_stacks_phi_t_and_phi_t1_exactly() -> None:
+    from trainables.rl.frame_replay import FrameReplay
+
+    memory = FrameReplay(1000, (4, 84, 84), np.uint8, stacked=True, seed=0)
+    a_chunks, a_obs = _counter_chunks(10, 4, "a")  # an episode of 10 steps in chunks of 4, 4, 2
+    b_chunks, b_obs = _counter_chunks(7, 3, "b", start=100)  # a second one, interleaved with the first
+    for chunk in (a_chunks[0], b_chunks[0], a_chunks[1], a_chunks[2], b_chunks[1], b_chunks[2]):
+        memory.add_chunk(**chunk)
+    assert len(memory) == 17
+    batch = memory.sample(500)
+    assert batch["obs"].shape == (500, 4, 84, 84) and batch["obs"].dtype == np.uint8
+    seen = set()
+    for obs, next_obs, action, terminated in zip(
+        batch["obs"], batch["new_obs"], batch["actions"], batch["terminateds"], strict=True
+    ):
+        source, t = (b_obs, action - 100) if action >= 100 else (a_obs, action)
+        assert (obs == source[t]).all() and (next_obs == source[t + 1]).all()  # the env's own phi_t, phi_{t+1}
+        assert terminated == (t == len(source) - 2)  # only the episode's last transition is terminal
+        seen.add(int(action))
+    assert seen == set(range(10)) | set(range(100, 107))  # uniform over all 17 transitions
+    # storage: one frame per step, plus the 4 frames of each segment's first observation; 4 segments: 2 episode
+    # starts and 2 chunks that continue their episode after the other one wrote in between
+    assert memory.size == 17 + 4 * 4
+
+
+def test_frame_replay_keeps_the_newest_transitions_and_intact_histories_when_full() -> None:
+    from trainables.rl.frame_replay import FrameReplay
+
+    memory = FrameReplay(20, (4, 84, 84), np.uint8, stacked=True, seed=1)
+    chunks, observations = _counter_chunks(60, 8, "long")
+    for chunk in chunks:
+        memory.add_chunk(**chunk)
+    batch = memory.sample(400)
+    actions = batch["actions"]
+    assert actions.min() >= 60 - 20 and actions.max() == 59  # only the most recent ~N transitions remain
+    for obs, next_obs, t in zip(batch["obs"], batch["new_obs"], actions, strict=True):
+        assert (obs == observations[t]).all() and (next_obs == observations[t + 1]).all()
+    assert memory.frames.nbytes == 20 * 84 * 84  # one 84x84 uint8 frame per transition: 7,056 B, not 28,224
+
+
+def test_frame_replay_vector_observations_and_state_round_trip() -> None:
+    from trainables.rl.frame_replay import FrameReplay
+
+    memory = FrameReplay(100, (4,), np.float32, stacked=False, seed=2)
+    observations = np.arange(24, dtype=np.float32).reshape(6, 4)
+    memory.add_chunk("e", observations, np.arange(5), np.zeros(5), terminated=False, truncated=True)
+    batch = memory.sample(50)
+    assert batch["obs"].shape == (50, 4) and (batch["new_obs"] == observations[batch["actions"] + 1]).all()
+    assert batch["truncateds"][batch["actions"] == 4].all() and not batch["terminateds"].any()
+    restored = FrameReplay(100, (4,), np.float32, stacked=False, seed=3)
+    restored.set_state(memory.get_state())
+    assert len(restored) == 5 and all((restored.sample(8)[k] == memory.sample(8)[k]).all() for k in batch)
+
+
 # ---- network, schedule, validation --------------------------------------------------------------------------------
 
 
@@ -114,7 +200,10 @@ def test_network_layer_shapes_match_the_paper() -> None:
 
     mlp = build_q_network("auto", (4,), 2, [64, 64])
     assert [(f.in_features, f.out_features) for f in mlp if isinstance(f, torch.nn.Linear)] == [
-        (4, 64), (64, 64), (64, 2)]
+        (4, 64),
+        (64, 64),
+        (64, 2),
+    ]
 
 
 def test_epsilon_schedule_is_linear_over_the_first_million_frames_then_fixed() -> None:
@@ -131,11 +220,29 @@ def test_epsilon_schedule_is_linear_over_the_first_million_frames_then_fixed() -
         assert float(schedule.update(step)) == pytest.approx(epsilon_at(config, step), abs=1e-6)
 
 
-@pytest.mark.parametrize(("key", "value"), [
-    ("lr", 0.0), ("lr", -1e-3), ("epsilon_end", 1.5), ("epsilon_start", -0.1), ("eval_epsilon", 2.0),
-    ("frames", 0), ("env", "ALE/NoSuchGame-v5"), ("env", "NoSuchEnv-v0"), ("network", "resnet"),
-    ("network", "mlp"), ("optimizer", "sgd"), ("gamma", 1.5),
-])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("lr", 0.0),
+        ("lr", -1e-3),
+        ("epsilon_end", 1.5),
+        ("epsilon_start", -0.1),
+        ("eval_epsilon", 2.0),
+        ("frames", 0),
+        ("env", "ALE/NoSuchGame-v5"),
+        ("env", "NoSuchEnv-v0"),
+        ("network", "resnet"),
+        ("network", "mlp"),
+        ("optimizer", "sgd"),
+        ("gamma", 1.5),
+        ("grad_clip", -1.0),
+        ("lr_end", -1e-4),
+        ("target_tau", 0.0),
+        ("target_tau", 1.5),
+        ("final_eval_episodes", 0),
+        ("replay_capacity", 100),
+    ],
+)
 def test_bad_values_are_one_line_config_errors(key: str, value: Any) -> None:
     with pytest.raises(ConfigError) as info:
         resolve(**{key: value})
@@ -145,6 +252,8 @@ def test_bad_values_are_one_line_config_errors(key: str, value: Any) -> None:
 def test_mismatched_network_and_env_is_a_config_error() -> None:
     with pytest.raises(ConfigError, match="Atari"):
         resolve(env="CartPole-v1", network="mnih2013")
+    with pytest.raises(ConfigError, match="eval_interval"):  # keep_best selects by evaluations
+        resolve(env="CartPole-v1", keep_best=True, eval_interval=0)
 
 
 def test_evaluation_uses_epsilon_005_and_unclipped_scores(ray_address: str) -> None:
@@ -157,7 +266,11 @@ def test_evaluation_uses_epsilon_005_and_unclipped_scores(ray_address: str) -> N
         assert algo.env_runner.config.env_config["clip_rewards"] is True
         config = algo.config
         assert (config.double_q, config.dueling, config.n_step, config.num_atoms) == (False, False, 1, 1)
-        assert config.replay_buffer_config["type"] == "EpisodeReplayBuffer"
+        from trainables.rl.frame_replay import FrameReplay
+
+        assert algo.local_replay_buffer is None and isinstance(algo.frame_replay, FrameReplay)  # the frame ring
+        assert algo.frame_replay.capacity == 50_000 and algo.frame_replay.frames.shape == (50_000, 4)
+        assert config.training_intensity == 32 / 4  # one minibatch of 32 per 4 sampled steps
     finally:
         algo.stop()
 
@@ -187,14 +300,50 @@ def test_checkpoint_restore_continues_the_step_count(ray_address: str, tmp_path:
     assert len(returns) == 2 and all(1 <= r <= 500 for r in returns) and gif.stat().st_size > 0
 
 
+def test_checkpoint_replay_saves_and_restores_the_replay_memory(ray_address: str, tmp_path: Any) -> None:
+    from trainables.rl.dqn import build_algo_config
+
+    torch.set_num_threads(1)
+    config = resolve(
+        **{**CARTPOLE, "learning_starts": 64, "iteration_steps": 256, "eval_interval": 0, "replay_capacity": 2000}
+    )
+    algos = []
+    try:
+        for keep in (True, False):
+            algo = build_algo_config({**config, "checkpoint_replay": keep}).build_algo()
+            algos.append(algo)
+            algo.train()
+            stored = len(algo.frame_replay)
+            assert 256 <= stored < 256 + 64
+            algo.save_to_path(str(tmp_path / str(keep)))
+            fresh = build_algo_config({**config, "checkpoint_replay": keep}).build_algo()
+            algos.append(fresh)
+            fresh.restore_from_path(str(tmp_path / str(keep)))
+            assert len(fresh.frame_replay) == (stored if keep else 0)  # the default starts with an empty memory
+            if keep:
+                assert (fresh.frame_replay.sample(8)["obs"].shape == (8, 4)) and fresh.train()
+    finally:
+        for algo in algos:
+            algo.stop()
+
+
 @pytest.mark.parametrize("game", ["Pong", "Breakout"])
 def test_atari_pipeline_runs_end_to_end(ray_address: str, tmp_path: Any, game: str) -> None:
     """A few hundred frames through train(): preprocessing, replay, updates, evaluation, checkpoint, play."""
     torch.set_num_threads(1)
     spec = registry.get("dqn")
-    config = spec.resolve({"env": game, "frames": 1024, "learning_starts": 64, "iteration_steps": 128,
-                           "rollout_fragment_length": 32, "eval_interval": 2, "eval_episodes": 1,
-                           "replay_capacity": 1000})
+    config = spec.resolve(
+        {
+            "env": game,
+            "frames": 1024,
+            "learning_starts": 64,
+            "iteration_steps": 128,
+            "rollout_fragment_length": 32,
+            "eval_interval": 2,
+            "eval_episodes": 1,
+            "replay_capacity": 1000,
+        }
+    )
     ctx = LocalContext(checkpoint_root=str(tmp_path))
     spec.train(config, ctx)
     last = ctx.results[-1]
@@ -215,12 +364,27 @@ def test_atari_pipeline_runs_end_to_end(ray_address: str, tmp_path: Any, game: s
 
 def test_cartpole_learns(ray_address: str) -> None:
     """Fails if the agent does not learn: its best evaluation (10 episodes at eps 0.05) over 10k steps must beat a
-    random policy's ~22 by far. The best, not the last: one-step DQN on CartPole oscillates between evaluations
-    (measured: 88.5 at 8k steps in one run, 190 in another), and RLlib's sampling is not reproducible across
-    processes, so a single final evaluation made this test flaky."""
+    random policy's ~22 by far, and that checkpoint (keep_best) must keep more than twice random play's score on 5
+    fresh episodes. The best, not the last: one-step DQN with these quick settings oscillates between evaluations
+    (measured: 88.5 at 8k steps in one run, 190 in another), so a single final evaluation made this test flaky."""
     torch.set_num_threads(1)
     spec = registry.get("dqn")
     ctx = LocalContext()
-    spec.train(spec.resolve({**CARTPOLE, "frames": 10000, "eval_interval": 2, "eval_episodes": 10}), ctx)
-    evaluated = [r["eval_return_mean"] for r in ctx.results if r.get("eval_age") == 0.0]
+    spec.train(
+        spec.resolve(
+            {
+                **CARTPOLE,
+                "frames": 10000,
+                "eval_interval": 2,
+                "eval_episodes": 10,
+                "keep_best": True,
+                "final_eval_episodes": 5,
+            }
+        ),
+        ctx,
+    )
+    *training, selected = ctx.results  # keep_best: the last result is the best checkpoint on 5 fresh episodes
+    evaluated = [r["eval_return_mean"] for r in training if r.get("eval_age") == 0.0]
     assert len(evaluated) == 5 and max(evaluated) >= 100, f"eval returns {evaluated}; random policy ~22"
+    assert selected["selected_eval_return_mean"] == max(evaluated) and selected["eval_episodes"] == 5
+    assert selected["eval_return_mean"] >= 50, f"best checkpoint on fresh episodes: {selected['eval_return_mean']}"

@@ -18,13 +18,11 @@ The paper's pipeline, wrapper by wrapper (``make_env``):
 Episodes are full games (no end-of-life terminal signal), so returns are per game as in the paper's tables.
 Vector-observation tasks (``CartPole-v1``) pass through untouched.
 
-Memory: an observation is 4 * 84 * 84 = 28,224 bytes as uint8. RLlib's episode replay buffer keeps every step's
-stacked observation (it has no shared-frame storage like the paper's 4x-compact ring of single frames), so 1M
-transitions hold about 28.3 GB of observations (measured: 28,252 B per transition after 4,096 Pong steps, the
-episodes' extra final observations included), against 7.1 GB for the paper's single-frame ring.
-``trainables.rl.dqn`` therefore defaults to 100,000 transitions (about 2.8 GB); the paper's 1M needs
-``replay_capacity=1000000`` and about 30 GB of RAM. Float frames would cost 4x more: we keep uint8 end to end and
-scale by 1/255 inside the network.
+Memory: an observation is 4 * 84 * 84 = 28,224 bytes as uint8. RLlib's episode replay buffer would keep every
+step's stacked observation (measured: 28,252 B per transition after 4,096 Pong steps, about 28 GB for 1M), so
+``trainables.rl.dqn`` replays from ``trainables.rl.frame_replay``, the paper's ring of single frames: 7,056 B per
+transition, 7.1 GB for the default (and the paper's) 1M. Float frames would cost 4x more: we keep uint8 end to end
+and scale by 1/255 inside the network.
 """
 
 from __future__ import annotations
