@@ -9,7 +9,9 @@ import torch
 
 from trainables import registry
 from trainables.context import LocalContext
-from trainables.loop import CHECKPOINT_FILE, CheckpointError, fit, load_checkpoint, load_data, parameter_digest
+from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError, load_weights
+from trainables.classification import fit_classifier
+from trainables.loop import load_data, parameter_digest
 from trainables.resnet import build_resnet
 
 TINY = {"depth": 8, "epochs": 4, "limit_train_batches": 2, "batch_size": 32, "p_L": 0.5, "dropout": 0.1}
@@ -26,7 +28,7 @@ def _run(config: dict, ctx: LocalContext) -> torch.nn.Module:
         built.append(model)
         return model
 
-    fit(ctx, config, data, build)
+    fit_classifier(ctx, config, data, build)
     return built[0]
 
 
@@ -90,10 +92,13 @@ def test_resume_continues_exactly_where_it_stopped(tmp_path: Path, extra: dict) 
 
 def test_corrupt_checkpoint_is_one_clear_error(tmp_path: Path) -> None:
     (tmp_path / CHECKPOINT_FILE).write_bytes(b"not a torch file")
-    with pytest.raises(CheckpointError, match="corrupt or incompatible checkpoint"):
-        load_checkpoint(str(tmp_path), build_resnet(depth=8))
+    with pytest.raises(CheckpointError, match="corrupt checkpoint .*state.pt"):
+        load_weights(str(tmp_path), {"model": build_resnet(depth=8)})
     with pytest.raises(CheckpointError, match="no state.pt"):
-        load_checkpoint(str(tmp_path / "missing"), build_resnet(depth=8))
+        load_weights(str(tmp_path / "missing"), {"model": build_resnet(depth=8)})
+    torch.save({"models": {"model": build_resnet(depth=20).state_dict()}}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match="does not fit model 'model'"):
+        load_weights(str(tmp_path), {"model": build_resnet(depth=8)})
 
 
 def test_parameter_digest_sees_a_single_changed_weight() -> None:

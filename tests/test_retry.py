@@ -10,7 +10,8 @@ from mlflow.tracking import MlflowClient
 from orchestrator import sweep
 from tests.test_sweep_cli import child_runs
 from trainables.context import Context
-from trainables.loop import fit, load_data
+from trainables.classification import fit_classifier
+from trainables.loop import load_data
 from trainables.registry import register
 from trainables.resnet import RESNET_DEFAULTS, build_resnet
 
@@ -33,7 +34,7 @@ def crash_once(config: dict[str, Any], ctx: Context) -> None:
 
     ctx.__class__ = CrashAfterFirstReport
     data = load_data(config)
-    fit(ctx, config, data, lambda: build_resnet(depth=config["depth"], num_classes=data.num_classes,
+    fit_classifier(ctx, config, data, lambda: build_resnet(depth=config["depth"], num_classes=data.num_classes,
                                                 in_channels=data.input_shape[0]))
 
 

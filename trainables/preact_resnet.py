@@ -20,6 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
+from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
 from trainables.identity_mappings import (
     BLOCKS,
@@ -29,9 +30,9 @@ from trainables.identity_mappings import (
     SHORTCUTS,
     ResidualUnit,
 )
-from trainables.loop import LOOP_DEFAULTS, fit, load_data, validate_loop_config
+from trainables.layers import block_seed
+from trainables.loop import LOOP_DEFAULTS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
-from trainables.resnet import block_seed
 from trainables.stochastic_depth import SCHEDULES, survival_probabilities
 
 STEMS = ("cifar", "imagenet")
@@ -205,8 +206,9 @@ def build_from_config(config: dict[str, Any], num_classes: int, in_channels: int
     )
 
 
-@register("preact_resnet", defaults=PREACT_DEFAULTS, validate=(validate_loop_config, validate_preact))
+@register("preact_resnet", defaults=PREACT_DEFAULTS, validate=(validate_loop_config, validate_preact),
+          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS)
 def train_preact_resnet(config: dict[str, Any], ctx: Context) -> None:
     """Original / pre-activation ResNets: orderings, shortcut ablations, bottleneck, widening, stochastic depth."""
     data = load_data(config)
-    fit(ctx, config, data, lambda: build_from_config(config, data.num_classes, data.input_shape[0]))
+    fit_classifier(ctx, config, data, lambda: build_from_config(config, data.num_classes, data.input_shape[0]))

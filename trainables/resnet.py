@@ -12,50 +12,19 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
-from trainables.loop import LOOP_DEFAULTS, fit, load_data, validate_loop_config
+from trainables.layers import OptionAShortcut, block_seed
+from trainables.loop import LOOP_DEFAULTS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.stochastic_depth import StochasticDepth, survival_probabilities
 
 _STAGE_WIDTHS = (16, 32, 64)
 _DROPOUT_WHERE = ("branch", "head")
-_MASK64 = (1 << 64) - 1
-
-
-def block_seed(seed: int, index: int) -> int:
-    """Deterministic, well-mixed seed for block `index` (SplitMix64 finaliser of seed and index).
-
-    Mixing keeps the blocks' Bernoulli streams unrelated (seed 0 / block 1 must not equal seed 1 /
-    block 0). Folded to 32 bits because the CPU generator (mt19937) only uses the low 32 bits.
-    """
-    z = (seed * 0x9E3779B97F4A7C15 + index + 1) & _MASK64
-    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _MASK64
-    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _MASK64
-    z ^= z >> 31
-    return (z ^ (z >> 32)) & 0xFFFFFFFF
 
 
 def _conv3x3(in_ch: int, out_ch: int, stride: int = 1) -> nn.Conv2d:
     return nn.Conv2d(in_ch, out_ch, 3, stride=stride, padding=1, bias=False)  # bias off: BN follows
-
-
-class OptionAShortcut(nn.Module):
-    """Parameter-free shortcut (He et al.'s option A, used by Huang et al.): 2x2 average pooling with
-    stride 2, then zero-padding of the new channels."""
-
-    def __init__(self, in_ch: int, out_ch: int, stride: int) -> None:
-        super().__init__()
-        self.extra_channels = out_ch - in_ch
-        self.stride = stride
-
-    def forward(self, x: Tensor) -> Tensor:
-        if self.stride != 1:
-            # ceil_mode: output size ceil(H/2) = size of the stride-2, pad-1 conv branch, also for odd H
-            # (28 -> 14 -> 7 -> 4); the overhanging window averages only its valid pixels.
-            x = F.avg_pool2d(x, kernel_size=self.stride, stride=self.stride, ceil_mode=True)
-        if self.extra_channels:
-            x = F.pad(x, (0, 0, 0, 0, 0, self.extra_channels))  # zeros appended on the channel dim
-        return x
 
 
 class BasicBlock(nn.Module):
@@ -171,11 +140,12 @@ def validate_resnet(config: dict[str, Any]) -> None:
     check_choice(config, "dropout_where", _DROPOUT_WHERE)
 
 
-@register("resnet", defaults=RESNET_DEFAULTS, validate=(validate_loop_config, validate_resnet))
+@register("resnet", defaults=RESNET_DEFAULTS, validate=(validate_loop_config, validate_resnet),
+          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS)
 def train_resnet(config: dict[str, Any], ctx: Context) -> None:
     """CIFAR ResNet (6n+2) with stochastic depth and dropout (Huang et al. 2016) on the common loop."""
     data = load_data(config)
-    fit(ctx, config, data, lambda: build_resnet(
+    fit_classifier(ctx, config, data, lambda: build_resnet(
         depth=config["depth"], num_classes=data.num_classes, in_channels=data.input_shape[0], p_L=config["p_L"],
         sd_schedule=config["sd_schedule"], dropout=config["dropout"], dropout_where=config["dropout_where"],
         seed=config["seed"],

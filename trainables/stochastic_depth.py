@@ -15,6 +15,8 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from trainables.layers import SeededDraws
+
 SCHEDULES = ("linear", "uniform")
 
 
@@ -32,28 +34,6 @@ def survival_probabilities(num_blocks: int, p_L: float, schedule: str = "linear"
         # p_l = p_L for all l
         return [float(p_L)] * L
     raise ValueError(f"unknown schedule {schedule!r}, expected one of {SCHEDULES}")
-
-
-class SeededDraws:
-    """Mixin for a module that draws from its own CPU ``torch.Generator``, saved in ``state_dict()``.
-
-    Replicas built with the same seed draw the same values in the same step (a data-parallel group stays one model),
-    draws on the global RNG (dropout, augmentation) cannot change them, and a resumed run continues the sequence.
-    CPU on purpose: the draws are decided on the host, so there is no device sync even on GPU.
-    """
-
-    generator: torch.Generator
-
-    def seed_draws(self, seed: int) -> None:
-        self.generator = torch.Generator(device="cpu")
-        self.generator.manual_seed(seed)
-
-    def get_extra_state(self) -> dict[str, Tensor]:
-        return {"rng_state": self.generator.get_state()}
-
-    def set_extra_state(self, state: dict[str, Tensor]) -> None:
-        # .cpu(): a checkpoint loaded with map_location="cuda" would otherwise carry a CUDA tensor.
-        self.generator.set_state(state["rng_state"].cpu())
 
 
 class StochasticDepth(SeededDraws, nn.Module):

@@ -30,13 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
 from trainables.identity_mappings import make_branch
-from trainables.loop import LOOP_DEFAULTS, fit, load_data, validate_loop_config
+from trainables.layers import OptionAShortcut, SeededDraws, block_seed
+from trainables.loop import LOOP_DEFAULTS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.preact_resnet import ResidualNet, stage_widths, units_per_stage
 from trainables.registry import ConfigError, check_choice, check_range, register
-from trainables.resnet import OptionAShortcut, block_seed
-from trainables.stochastic_depth import SeededDraws
 
 SWAP_SCHEDULES = ("linear", "uniform")
 INFERENCE = ("deterministic", "stochastic")
@@ -76,6 +76,7 @@ class SwapoutUnit(SeededDraws, nn.Module):
         self.branch, self.shortcut = branch, shortcut
         self.theta1, self.theta2 = float(theta1), float(theta2)
         self.granularity = granularity
+        self.rank_varying = granularity == "element"  # one draw per unit (SD-like) agrees across ranks
         self.sampling = False
         self.seed_draws(seed)
 
@@ -85,7 +86,8 @@ class SwapoutUnit(SeededDraws, nn.Module):
             return theta  # deterministic: no draw
         if self.granularity == "unit":
             return float(torch.rand((), generator=self.generator).item() < theta)
-        u = torch.rand(like.shape, generator=self.generator)
+        # Per-element masks differ between DDP ranks (each rank holds other samples of one large batch).
+        u = torch.rand(like.shape, generator=self.draw_generator())
         return (u < theta).to(device=like.device, dtype=like.dtype)
 
     def forward(self, x: Tensor) -> Tensor:
@@ -191,14 +193,18 @@ def validate_swapout(config: dict[str, Any]) -> None:
     check_range(config, "dropout", 0.0, 1.0, high_open=True)
 
 
-@register("swapout", defaults=SWAPOUT_DEFAULTS, validate=(validate_loop_config, validate_swapout))
+@register("swapout", defaults=SWAPOUT_DEFAULTS, validate=(validate_loop_config, validate_swapout),
+          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS)
 def train_swapout(config: dict[str, Any], ctx: Context) -> None:
     """Swapout (Singh et al. 2016) on a pre-activation ResNet: rate schedule, deterministic or stochastic inference."""
     data = load_data(config)
     both = config["inference"] == "both"
-    fit(ctx, config, data, lambda: build_swapout_resnet(
+    # inference=both: the plain metrics are the deterministic ones (copied as *_deterministic, not computed twice),
+    # and the stochastic ensemble is scored on the same weights.
+    modes = {"deterministic": None, "stochastic": lambda net: net.inferring("stochastic")}
+    fit_classifier(ctx, config, data, lambda: build_swapout_resnet(
         depth=config["depth"], widen=config["widen"], num_classes=data.num_classes, in_channels=data.input_shape[0],
         final_rate=config["swap_final"], schedule=config["swap_schedule"],
         inference="deterministic" if both else config["inference"],
         samples=config["inference_samples"], dropout=config["dropout"], seed=config["seed"],
-    ), eval_modes={mode: (lambda net, mode=mode: net.inferring(mode)) for mode in INFERENCE} if both else None)
+    ), eval_modes=modes if both else None)

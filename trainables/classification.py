@@ -1,0 +1,103 @@
+"""Image classification as a task of the common loop: one model, cross-entropy, error rates.
+
+The ResNet family, swapout, the NAS children (and every later classifier) are this task with their own model.
+``eval_modes`` scores the same weights under other inference rules every epoch (swapout: deterministic vs
+stochastic), a paired comparison without training two nets.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+from contextlib import AbstractContextManager
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from trainables.context import Context, unwrap
+from trainables.data import BatchLoader, DatasetBundle
+from trainables.loop import fit
+from trainables.task import Task, Total
+
+# What a classification trainable reports and which way is better (registered with the trainable).
+CLASSIFICATION_METRICS: dict[str, str] = {
+    "val_error": "min", "val_accuracy": "max", "val_loss": "min",
+    "test_error": "min", "test_accuracy": "max", "test_loss": "min",
+    "train_loss": "min", "train_error": "min",
+}
+CLASSIFICATION_PRIMARY = "val_error"
+
+LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# name -> a context manager that puts the model into that inference mode, or None for the model's own mode
+# (its metrics are the plain ones, copied, not computed twice).
+EvalModes = Mapping[str, Callable[[nn.Module], AbstractContextManager[Any]] | None]
+
+
+class ClassificationTask(Task):
+    """``build_model()`` trained with ``loss_fn`` on ``data``'s train split; val and test scored every epoch."""
+
+    def __init__(self, data: DatasetBundle, build_model: Callable[[], nn.Module], batch_size: int,
+                 loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None, seed: int = 0) -> None:
+        self.data, self.build_model, self.batch_size_, self.loss_fn = data, build_model, batch_size, loss_fn
+        self.eval_modes, self.seed = dict(eval_modes or {}), seed
+        self._train: BatchLoader | None = None
+        self._eval: dict[str, BatchLoader] = {}
+
+    def build_models(self) -> dict[str, nn.Module]:
+        return {"model": self.build_model()}
+
+    def train_batches(self, ctx: Context, epoch: int) -> Iterable[Any]:
+        if self._train is None:
+            self._train = BatchLoader(
+                self.data.train, batch_size=self.batch_size_, mean=self.data.mean, std=self.data.std,
+                augment=self.data.augment, shuffle=True, seed=self.seed, rank=ctx.rank, world_size=ctx.world_size,
+                device=ctx.device,
+            )
+        self._train.set_epoch(epoch)
+        return self._train
+
+    def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> dict[str, Any]:
+        x, y = batch
+        logits = self.models["model"](x)
+        loss = self.loss_fn(logits, y)
+        return {"loss": loss, "error": Total(float((logits.argmax(1) != y).sum()), len(y))}
+
+    def evaluate(self, ctx: Context) -> dict[str, float]:
+        if not self._eval:
+            self._eval = {
+                name: BatchLoader(split, batch_size=512, mean=self.data.mean, std=self.data.std, device=ctx.device)
+                for name, split in (("val", self.data.val), ("test", self.data.test)) if len(split.y) > 0
+            }
+        model = unwrap(self.models["model"])
+        metrics: dict[str, float] = {}
+        for split, loader in self._eval.items():
+            loss, error = evaluate(model, loader, self.loss_fn)
+            metrics.update({f"{split}_loss": loss, f"{split}_error": error, f"{split}_accuracy": 1.0 - error})
+            for mode, entered in self.eval_modes.items():
+                if entered is not None:
+                    with entered(model):
+                        loss, error = evaluate(model, loader, self.loss_fn)
+                metrics.update({f"{split}_loss_{mode}": loss, f"{split}_error_{mode}": error})
+        return metrics
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor]],
+             loss_fn: LossFn = F.cross_entropy) -> tuple[float, float]:
+    """Mean loss and error rate of ``model`` in eval mode (stochastic depth scales branches by p_l here)."""
+    model.eval()
+    loss_sum, errors, seen = 0.0, 0, 0
+    for x, y in loader:
+        logits = model(x)
+        loss_sum += float(loss_fn(logits, y)) * len(y)
+        errors += int((logits.argmax(1) != y).sum())
+        seen += len(y)
+    return loss_sum / seen, errors / seen
+
+
+def fit_classifier(ctx: Context, config: Mapping[str, Any], data: DatasetBundle, build_model: Callable[[], nn.Module],
+                   *, loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None) -> dict[str, Any]:
+    """Train ``build_model()`` on ``data`` with the common loop; returns the last epoch's metrics."""
+    task = ClassificationTask(data, build_model, config["batch_size"], loss_fn, eval_modes, seed=int(config["seed"]))
+    return fit(ctx, config, task)
