@@ -466,3 +466,34 @@ def test_none_is_identity_and_unknown_mode_rejected() -> None:
     assert augment_batch(x, "none", torch.Generator()) is x
     with pytest.raises(ValueError, match="cutout"):
         augment_batch(x, "cutout", torch.Generator())
+
+
+def test_truncated_or_wrong_files_are_rejected_before_any_trial(tmp_path: Path) -> None:
+    """check_dataset (what the driver runs before Ray starts) reads enough of every file to reject a truncated or
+    mislabelled one with a line naming it, without loading the images."""
+    write_cifar10(tmp_path / "c10")
+    check_dataset("cifar10", str(tmp_path / "c10"))  # intact files pass
+    batch = tmp_path / "c10" / "data_batch_3"
+    batch.write_bytes(batch.read_bytes()[: batch.stat().st_size // 2])
+    with pytest.raises(DatasetError, match="data_batch_3.*truncated or corrupt") as err:
+        check_dataset("cifar10", str(tmp_path / "c10"))
+    assert "\n" not in str(err.value)
+
+    write_cifar100(tmp_path / "c100")
+    _dump(tmp_path / "c100" / "test", {b"fine_labels": [0], b"coarse_labels": [0], b"data": b"\x00" * 3000})
+    with pytest.raises(DatasetError, match="test.*multiple of 3072"):
+        check_dataset("cifar100", str(tmp_path / "c100"))
+
+    write_svhn(tmp_path / "svhn")
+    check_dataset("svhn", str(tmp_path / "svhn"))
+    train = tmp_path / "svhn" / "train_32x32.mat"
+    train.write_bytes(train.read_bytes()[:-500])
+    with pytest.raises(DatasetError, match="train_32x32.mat.*truncated"):
+        check_dataset("svhn", str(tmp_path / "svhn"))
+    write_svhn(tmp_path / "svhn")
+    import scipy.io
+
+    scipy.io.savemat(tmp_path / "svhn" / "test_32x32.mat", {"X": np.zeros((32, 32, 3, 2), np.uint8),
+                                                             "y": np.array([[3], [11]])})
+    with pytest.raises(DatasetError, match="test_32x32.mat.*1..10"):
+        check_dataset("svhn", str(tmp_path / "svhn"))

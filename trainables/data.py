@@ -228,18 +228,100 @@ def _locate(name: str, data_dir: str | Path | None) -> Path | None:
 
 
 def check_dataset(name: str, data_dir: str | None) -> None:
-    """Fail fast, before any experiment starts, if ``load_dataset(name, data_dir=...)`` cannot find its data.
+    """Fail fast, before any experiment starts, if ``load_dataset(name, data_dir=...)`` cannot read its data.
 
-    Only checks names and file existence (no file is opened), so it is cheap enough to run on the driver
-    for every configuration. Raises :class:`DatasetError` for an unknown name, a missing ``data_dir`` for
-    datasets that need one (:data:`NEEDS_DATA_DIR`) or missing files. ``data_dir`` is ignored for the
-    embedded datasets (``mnist5k``, ``digits``).
+    Raises :class:`DatasetError` for an unknown name, a missing ``data_dir`` for datasets that need one
+    (:data:`NEEDS_DATA_DIR`), missing files, and files that are truncated or not what they are named after
+    (:func:`_verify_file`: structure and sizes, not a second full load; each file version is checked once per
+    process). ``data_dir`` is ignored for the embedded datasets (``mnist5k``, ``digits``).
     """
     if name in _REGISTERED:
         if _REGISTERED[name].check is not None:
             _REGISTERED[name].check(data_dir)
         return
-    _locate(name, data_dir)
+    folder = _locate(name, data_dir)
+    if folder is not None:
+        for file in _SPECS[name].files:
+            path = folder / file
+            stat = path.stat()
+            _verify_file(str(path), name, stat.st_size, stat.st_mtime_ns)
+
+
+@functools.lru_cache(maxsize=64)
+def _verify_file(path_text: str, name: str, size: int, mtime_ns: int) -> None:
+    """Structure of one dataset file, cheaply (``size`` and ``mtime_ns`` key the cache, so a replaced file is
+    checked again). CIFAR pickles: the opcode stream is walked without building any object (nothing is executed)
+    and must end in STOP at the end of the file, with a pixel payload of whole 3072-byte images. SVHN ``.mat``:
+    the variables' headers give X (32, 32, 3, N) and y (N, 1), the file must be large enough to hold N images, and
+    the labels (small) must lie in 1..10."""
+    path = Path(path_text)
+    if name == "svhn":
+        _verify_svhn(path, size)
+    else:
+        _verify_cifar_pickle(path)
+
+
+def _verify_cifar_pickle(path: Path) -> None:
+    import pickletools
+
+    largest, last = 0, None
+    try:
+        with path.open("rb") as f:
+            for opcode, arg, _ in pickletools.genops(f):
+                last = opcode.name
+                if isinstance(arg, (bytes, str)):
+                    largest = max(largest, len(arg))
+            trailing = f.read(1)
+    except Exception as err:  # ValueError from genops: truncated argument, unknown opcode
+        raise DatasetError(f"{str(path)!r} is not a readable CIFAR pickle (truncated or corrupt): {err}") from None
+    if last != "STOP" or trailing:
+        raise DatasetError(f"{str(path)!r} is not a complete CIFAR pickle (no end marker at the end of the file)")
+    if largest == 0 or largest % 3072:
+        raise DatasetError(f"{str(path)!r} holds no pixel data of whole 32x32x3 images (largest field {largest} "
+                           "bytes, a multiple of 3072 expected)")
+
+
+def _mat_extent(path: Path) -> int:
+    """Where the last variable of a MATLAB 5 file ends by its declared sizes: headers only, data skipped (the walk
+    of scipy's ``list_variables``, which does not return the positions)."""
+    from scipy.io.matlab._mio5 import MatFile5Reader
+
+    end = 0
+    with path.open("rb") as f:
+        reader = MatFile5Reader(f)
+        reader.initialize_read()
+        reader.read_file_header()
+        size = f.seek(0, 2)
+        f.seek(128)  # after the file header
+        while f.tell() < size:
+            _, end = reader.read_var_header()
+            if end > size:
+                break
+            f.seek(end)
+    return end
+
+
+def _verify_svhn(path: Path, size: int) -> None:
+    import scipy.io
+
+    try:
+        extent = _mat_extent(path)
+        variables = {v[0]: v[1] for v in scipy.io.whosmat(path)}
+    except Exception as err:
+        raise DatasetError(f"cannot read {str(path)!r} as a MATLAB file: {type(err).__name__}: {err}") from None
+    if extent > size:  # the official files store X compressed: the declared extents tell truncation
+        raise DatasetError(f"{str(path)!r} is truncated: its variables extend past its {size} bytes")
+    x_shape, y_shape = variables.get("X"), variables.get("y")
+    if x_shape is None or y_shape is None:
+        raise DatasetError(f"{str(path)!r} lacks the 'X' and 'y' variables of SVHN format 2 (cropped digits)")
+    if len(x_shape) != 4 or tuple(x_shape[:3]) != (32, 32, 3) or x_shape[3] != y_shape[0]:
+        raise DatasetError(f"{str(path)!r}: X must be (32, 32, 3, N) with y (N, 1), got {x_shape} and {y_shape}")
+    try:
+        y = np.asarray(scipy.io.loadmat(path, variable_names=["y"])["y"]).reshape(-1)
+    except Exception as err:
+        raise DatasetError(f"cannot read the labels of {str(path)!r}: {type(err).__name__}: {err}") from None
+    if y.size and (y.min() < 1 or y.max() > 10):
+        raise DatasetError(f"{str(path)!r}: labels must lie in 1..10 (10 meaning digit 0), found {y.min()}..{y.max()}")
 
 
 # --------------------------------------------------------------------------------------------------
