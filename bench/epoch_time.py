@@ -6,7 +6,7 @@ is ours/plain <= 1.05. Four variants, interleaved per repeat (tune, tune-plain, 
 
 - ``tune``: the real trainable via ``make_trainable("resnet", TrialResources(), ...)`` in a Tuner (1 CPU, so the
   runner sets 1 torch thread); each epoch's ``epoch_seconds`` from the results (the loop's own timer around
-  ``train_one_epoch``: training only, no evaluation, no checkpoint).
+  the training batches: training only, no evaluation, no checkpoint).
 - ``tune-plain``: the plain loop below inside a bare Tune function trial (1 CPU, 1 thread, no runner).
 - ``local``: the same trainable function in this (driver) process with a ``LocalContext``: our loop and
   ``BatchLoader`` without Ray.
@@ -37,11 +37,12 @@ from typing import Any
 import _common
 import torch
 import torch.nn.functional as F
+from _loop import TrainOnly
 
 from trainables import registry
 from trainables.context import LocalContext
 from trainables.data import BatchLoader, DatasetBundle
-from trainables.loop import load_data, train_one_epoch
+from trainables.loop import fit, load_data
 from trainables.resnet import build_resnet
 
 VARIANTS = ("tune", "tune-plain", "local", "plain")
@@ -201,22 +202,22 @@ def profile_pieces(config: dict[str, Any], data: DatasetBundle, repeats: int) ->
 
 
 def cprofile_epoch(config: dict[str, Any], data: DatasetBundle, top: int = 12) -> _common.Table:
-    """cProfile of one ``train_one_epoch`` (our loop) in this process: where the epoch's time goes, by function."""
-    model, optimizer = build_plain(config, data)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)
+    """cProfile of one training epoch of the common loop (``fit`` without evaluation) in this process: where the
+    epoch's time goes, by function (the checkpoint at the epoch's end included)."""
+    model, _ = build_plain(config, data)
     loader = BatchLoader(data.train, batch_size=int(config["batch_size"]), mean=data.mean, std=data.std,
                          augment=data.augment, shuffle=True, seed=0)
-    train_one_epoch(model, loader, optimizer, F.cross_entropy, 0)  # warm-up
+    one_epoch = {**config, "epochs": 1}
+    fit(LocalContext(checkpoint_root=tempfile.mkdtemp()), one_epoch, TrainOnly(model, loader))  # warm-up
     profiler = cProfile.Profile()
     profiler.enable()
-    train_one_epoch(model, loader, optimizer, F.cross_entropy, 1)
+    fit(LocalContext(checkpoint_root=tempfile.mkdtemp()), one_epoch, TrainOnly(model, loader))
     profiler.disable()
     stats = pstats.Stats(profiler)
     total = stats.total_tt  # type: ignore[attr-defined]
     rows = sorted(stats.stats.items(), key=lambda kv: kv[1][2], reverse=True)[:top]  # type: ignore[attr-defined]
-    table = _common.Table(f"cProfile of one train_one_epoch (ResNet-{config['depth']}), total {total:.2f} s, "
-                          "top by own time", ["function", "own s", "calls"])
+    table = _common.Table(f"cProfile of one training epoch of the loop (ResNet-{config['depth']}), total "
+                          f"{total:.2f} s, top by own time", ["function", "own s", "calls"])
     for (filename, line, name), (_cc, calls, tottime, _cum, _callers) in rows:
         where = filename.rsplit("/", 2)[-2:] if "/" in filename else [filename]
         table.add(f"{name} ({'/'.join(where)}:{line})", tottime, calls)

@@ -21,19 +21,20 @@ import dataclasses
 import shutil
 import tempfile
 import time
-import types
 from typing import Any
 
 import _common
 import torch
 import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import nn
 
 from trainables import registry
+from trainables.classification import fit_classifier
 from trainables.context import LocalContext
 from trainables.data import BatchLoader, DatasetBundle, Split
-from trainables.loop import fit, load_data
-from trainables.resnet import BasicBlock, block_seed, build_resnet
+from trainables.layers import block_seed
+from trainables.loop import load_data
+from trainables.resnet import build_resnet
 from trainables.stochastic_depth import survival_probabilities
 
 
@@ -52,7 +53,7 @@ def without_eval(data: DatasetBundle) -> DatasetBundle:
 def epoch_seconds(config: dict[str, Any], data: DatasetBundle, root: str) -> float:
     """One ``fit`` of one (limited) epoch; the loop's own ``epoch_seconds``. Built as the resnet trainable does."""
     ctx = LocalContext(checkpoint_root=tempfile.mkdtemp(dir=root))
-    fit(ctx, config, data, lambda: build_resnet(
+    fit_classifier(ctx, config, data, lambda: build_resnet(
         depth=config["depth"], num_classes=data.num_classes, in_channels=data.input_shape[0], p_L=config["p_L"],
         sd_schedule=config["sd_schedule"], dropout=config["dropout"], dropout_where=config["dropout_where"],
         seed=config["seed"],
@@ -71,22 +72,11 @@ def computed_fraction(depth: int, p_L: float, seed: int, steps: int) -> float:
     return computed / (blocks * steps)
 
 
-def _skip_forward(self: BasicBlock, x: Tensor) -> Tensor:
-    """BasicBlock.forward, except that a dropped block returns its shortcut as is, without ``F.relu``.
-
-    Its input is a ReLU output (or an average-pooled, zero-padded one), so ReLU(identity) == identity: the ReLU that
-    ``BasicBlock`` applies to a dropped block changes nothing but costs an op forward and one backward.
-    """
-    identity = self.shortcut(x)
-    f = self.branch(x)
-    return identity if f is None else F.relu(identity + f)
-
-
 def breakdown(data: DatasetBundle, depth: int, p_L: float, threads: int, steps: int) -> _common.Table:
     """Forward / backward / optimizer-step time per step, the models interleaved step by step in this process.
 
-    Three models: no SD, SD as built by ``build_resnet``, and the same SD model whose dropped blocks skip the no-op
-    ReLU (identical draws: same seeds). Interleaving per step makes the comparison robust to the shared machine.
+    Two models: no SD and SD as built by ``build_resnet`` (whose dropped blocks return the shortcut as is: no no-op
+    ReLU). Interleaving per step makes the comparison robust to the shared machine.
     The first step of each model is warm-up and left out. The loop's own per-step work is reproduced: zero_grad
     keeping zeros, backward, SGD step, the two ``float()`` metrics.
     """
@@ -94,20 +84,16 @@ def breakdown(data: DatasetBundle, depth: int, p_L: float, threads: int, steps: 
     loader = BatchLoader(data.train, batch_size=128, mean=data.mean, std=data.std, shuffle=True, seed=0)
     batches = [b for _, b in zip(range(steps + 1), loader, strict=False)]
 
-    def make(p: float, skip_relu: bool) -> tuple[nn.Module, torch.optim.Optimizer]:
+    def make(p: float) -> tuple[nn.Module, torch.optim.Optimizer]:
         torch.manual_seed(0)
         model = build_resnet(depth=depth, num_classes=data.num_classes, in_channels=data.input_shape[0], p_L=p)
-        if skip_relu:
-            for module in model.modules():
-                if isinstance(module, BasicBlock):
-                    module.forward = types.MethodType(_skip_forward, module)  # type: ignore[method-assign]
         model.train()
         optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
         for parameter in model.parameters():
             parameter.grad = torch.zeros_like(parameter)
         return model, optimizer
 
-    models = {"no SD": make(1.0, False), "SD (ours)": make(p_L, False), "SD, dropped blocks skip ReLU": make(p_L, True)}
+    models = {"no SD": make(1.0), "SD (ours)": make(p_L)}
     phases = ("forward + loss", "backward", "optimizer step", "step total")
     seconds: dict[str, dict[str, list[float]]] = {name: {phase: [] for phase in phases} for name in models}
     for step, (x, y) in enumerate(batches):
@@ -128,12 +114,11 @@ def breakdown(data: DatasetBundle, depth: int, p_L: float, threads: int, steps: 
                     seconds[name][phase].append(value)
     table = _common.Table(
         f"Per-step breakdown, ResNet-{depth}, {threads} thread(s), models interleaved step by step, median of "
-        f"{steps} steps (seed 0)", ["phase", *[f"{name} (s)" for name in models], "no SD / SD (ours)",
-                                    "no SD / SD skip ReLU"])
+        f"{steps} steps (seed 0)", ["phase", *[f"{name} (s)" for name in models], "no SD / SD (ours)"])
     names = list(models)
     for phase in phases:
         med = [_common.median(seconds[name][phase]) for name in names]
-        table.add(phase, *med, med[0] / med[1], med[0] / med[2])
+        table.add(phase, *med, med[0] / med[1])
     return table
 
 
