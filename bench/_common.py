@@ -1,4 +1,5 @@
-"""Shared helpers of the benchmarks: Ray start, robust statistics, environment notes, table printing.
+"""Shared helpers of the benchmarks: Ray start, robust statistics, environment notes, table printing (numbers and
+Markdown through ``orchestrator.tables``, as everywhere else in the project).
 
 Why these exist: the machine is a shared 2-core box, so every benchmark interleaves its variants (A, B, A, B, ...)
 and reports medians and ratios instead of single absolute times; every table carries the load average seen around
@@ -18,6 +19,8 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+
+from orchestrator.tables import fmt_number, markdown_table
 
 Cell = str | float | int | None
 
@@ -183,14 +186,6 @@ def environment(threads: str) -> str:
             f"{load1():.2f} at the end)")
 
 
-def fmt(value: Cell, digits: int = 3) -> str:
-    if value is None:
-        return ""
-    if isinstance(value, float):
-        return f"{value:.{digits}f}"
-    return str(value)
-
-
 @dataclass
 class Table:
     """A titled table with notes below it, printed with rich and rendered as markdown."""
@@ -211,16 +206,14 @@ class Table:
         for i, column in enumerate(self.columns):
             table.add_column(column, justify="left" if i == 0 else "right")
         for row in self.rows:
-            table.add_row(*(fmt(c) for c in row))
+            table.add_row(*(fmt_number(c) for c in row))
         console = Console(width=200)
         console.print(table)
         for note in self.notes:
             console.print(f"  {note}", highlight=False)
 
     def markdown(self) -> str:
-        lines = [f"**{self.title}**", "", "| " + " | ".join(self.columns) + " |",
-                 "|" + "|".join(["---"] + ["---:"] * (len(self.columns) - 1)) + "|"]
-        lines += ["| " + " | ".join(fmt(c) for c in row) + " |" for row in self.rows]
+        lines = [f"**{self.title}**", "", markdown_table(self.rows, self.columns).rstrip("\n")]
         if self.notes:
             lines.append("")
             lines += [f"- {note}" for note in self.notes]

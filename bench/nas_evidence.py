@@ -27,6 +27,8 @@ import pandas as pd
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from bench._common import start_ray  # noqa: E402
+from orchestrator.stats import group_summary, quarter_means  # noqa: E402
+from orchestrator.tables import markdown_table  # noqa: E402
 
 
 def run_search(root: Path, name: str, controller: str, seed: int, args: argparse.Namespace, reward: str) -> dict:
@@ -40,12 +42,13 @@ def run_search(root: Path, name: str, controller: str, seed: int, args: argparse
     code = nas.main(argv)
     children = pd.read_csv(root / "rr" / name / "children.csv").sort_values("trial")
     rewards = children["reward"].dropna().to_numpy()
-    q = max(1, len(rewards) // 4)
+    q = max(1, len(rewards) // 4)  # the quarter of stats.quarter_means, also for the accuracy and latency below
+    first_quarter, last_quarter = quarter_means(rewards)
     best = children.loc[children["reward"].idxmax()]
     return {"controller": controller, "seed": seed, "reward_kind": reward, "exit": code,
             "seconds": time.perf_counter() - started, "children": len(children),
-            "best_reward": float(rewards.max()), "first_quarter": float(rewards[:q].mean()),
-            "last_quarter": float(rewards[-q:].mean()), "best_accuracy": float(best["accuracy"]),
+            "best_reward": float(rewards.max()), "first_quarter": first_quarter,
+            "last_quarter": last_quarter, "best_accuracy": float(best["accuracy"]),
             "best_latency_ms": float(best["latency_ms"]),
             "last_quarter_accuracy": float(children["accuracy"].tail(q).mean()),
             "last_quarter_latency_ms": float(children["latency_ms"].tail(q).median()),
@@ -72,6 +75,7 @@ def latency_cv(repeats: int, blocks: int) -> dict:
         medians.append(m["latency_ms"])
         within.append(m["latency_cv"])
     return {"arch": space.describe(tokens), "repeats": repeats, "median_ms": statistics.median(medians),
+            # Population std (n), as the children's own latency_cv: a spread of measurements, not a std over seeds.
             "cv_of_medians": statistics.pstdev(medians) / statistics.fmean(medians),
             "median_within_cv": statistics.median(within)}
 
@@ -107,13 +111,12 @@ def main() -> None:
                     Path(args.out).write_text(json.dumps({**out, "compare": rows}, indent=1))
             out["compare"] = rows
             table = pd.DataFrame(rows)
-            summary = table.groupby("controller")[["best_reward", "first_quarter", "last_quarter"]].agg(
-                ["mean", "std"])
-            print(summary.to_string(), flush=True)
+            for value in ("best_reward", "first_quarter", "last_quarter"):  # over seeds, 95% t-intervals
+                print(f"{value} over seeds\n{markdown_table(group_summary(table, ['controller'], value))}", flush=True)
         if "softhard" in args.parts:
             rows = [run_search(root, f"sh-{kind}", "ppo", 0, args, kind) for kind in ("soft", "hard")]
             out["softhard"] = rows
-            print(pd.DataFrame(rows).to_string(), flush=True)
+            print(markdown_table(pd.DataFrame(rows)), flush=True)
     Path(args.out).write_text(json.dumps(out, indent=1))
 
 

@@ -7,9 +7,10 @@ well as on the original); swapout draws two per-element masks in every unit and 
 cost a little more than the plain net, and its stochastic inference costs N forward passes.
 
 Method: the real pieces, in this process: ``build_preact_resnet`` / ``build_swapout_resnet``, MNIST-5k through the
-loop's ``BatchLoader`` and ``train_one_epoch`` (forward, backward, SGD step, per-step metrics), batch 128,
-``torch.set_num_threads(--threads)``. Variants are interleaved within every repeat (A, B, C, ..., A, B, C, ...) on a
-shared machine, one warm-up step before each timing; the tables give medians and ratios of medians.
+loop's ``BatchLoader`` and its training epoch (``fit`` of the classification task: forward, backward, SGD step,
+per-step metrics), batch 128, ``torch.set_num_threads(--threads)``. Variants are interleaved within every repeat
+(A, B, C, ..., A, B, C, ...) on a shared machine, one warm-up step before each timing; the tables give
+medians and ratios of medians.
 
     python bench/residual_family.py                    # ~3-5 min on 2 cores
     python bench/residual_family.py --repeats 5 --steps 10 --markdown /tmp/residual_family.md
@@ -23,24 +24,26 @@ from collections.abc import Callable
 
 import _common
 import torch
+from _loop import TrainOnly
 from torch import nn
 
+from trainables.classification import evaluate
+from trainables.context import LocalContext
 from trainables.data import BatchLoader
-from trainables.loop import evaluate, load_data, train_one_epoch
+from trainables.loop import fit, load_data
 from trainables.preact_resnet import build_preact_resnet
 from trainables.registry import get
 from trainables.swapout import build_swapout_resnet
 
 
 def time_training(model: nn.Module, loader: BatchLoader, steps: int | None) -> float:
-    """Seconds per training step over ``steps`` batches (None: one full epoch), after one warm-up step."""
-    optimizer = torch.optim.SGD(model.parameters(), lr=0.1, momentum=0.9, nesterov=True, weight_decay=1e-4)
-    for p in model.parameters():
-        p.grad = torch.zeros_like(p)  # as the loop does
-    train_one_epoch(model, loader, optimizer, nn.functional.cross_entropy, epoch=0, limit=1)  # warm-up
-    started = time.perf_counter()
-    train_one_epoch(model, loader, optimizer, nn.functional.cross_entropy, epoch=1, limit=steps)
-    return (time.perf_counter() - started) / (len(loader) if steps is None else min(steps, len(loader)))
+    """Seconds per training step over ``steps`` batches (None: one full epoch) of the common loop (SGD, the
+    paper's settings), after one warm-up step; the loop's own ``epoch_seconds``."""
+    config = get("resnet").resolve({"epochs": 1, "limit_train_batches": 1})
+    fit(LocalContext(), config, TrainOnly(model, loader))  # warm-up
+    ctx = LocalContext()
+    fit(ctx, {**config, "limit_train_batches": steps or 0}, TrainOnly(model, loader))
+    return ctx.results[-1]["epoch_seconds"] / (len(loader) if steps is None else min(steps, len(loader)))
 
 
 def time_eval(model: nn.Module, loader: BatchLoader) -> float:

@@ -12,6 +12,9 @@ import os
 import mlflow
 import pandas as pd
 
+from orchestrator import stats
+from orchestrator.tables import fmt_number, markdown_table
+
 METRICS = ("train_loss", "train_error", "val_error", "test_error")
 
 
@@ -28,14 +31,18 @@ def finished_trials(experiment: str, tracking_uri: str) -> pd.DataFrame:
 
 
 def summarize(experiment: str, by: list[str], tracking_uri: str, metrics: list[str]) -> pd.DataFrame:
+    """One row per config: each metric's mean and std over seeds (``orchestrator.stats``), seeds, epochs."""
     runs = finished_trials(experiment, tracking_uri)
-    groups = runs.groupby([f"params.{k}" for k in by])
-    table = groups[[f"metrics.{m}" for m in metrics]].agg(["mean", "std"])
-    table.columns = [f"{m.removeprefix('metrics.')} {stat}" for m, stat in table.columns]
-    table["seeds"] = groups.size()
-    table["epochs"] = groups["params.epochs"].first()
-    table.index.names = by
-    return table.reset_index()
+    keys = [f"params.{k}" for k in by]
+    groups = runs.groupby(keys, sort=True)
+    table = groups.size().reset_index()[keys]
+    for metric in metrics:
+        summary = stats.group_summary(runs, keys, f"metrics.{metric}")[[*keys, "mean", "std"]]
+        table = table.merge(summary.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std"}), on=keys,
+                            how="left")
+    table["seeds"] = groups.size().to_numpy()
+    table["epochs"] = groups["params.epochs"].first().to_numpy()
+    return table.rename(columns=dict(zip(keys, by, strict=True)))
 
 
 def main() -> None:
@@ -48,17 +55,19 @@ def main() -> None:
                         help="also list metrics A and B of every trial (two scores of the same run) and B - A")
     args = parser.parse_args()
     table = summarize(args.experiment, args.by, args.tracking_uri, args.metrics)
-    print(f"\n{args.experiment}: mean and std over seeds (finished trials)")
-    print(table.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+    print(f"\n{args.experiment}: mean and std over seeds (finished trials)\n")
+    print(markdown_table(table))
     if args.paired:
         a, b = args.paired
         runs = finished_trials(args.experiment, args.tracking_uri).sort_values("params.seed")
         pairs = pd.DataFrame({"seed": runs["params.seed"], a: runs[f"metrics.{a}"], b: runs[f"metrics.{b}"]})
         pairs[f"{b} - {a}"] = pairs[b] - pairs[a]
-        diff = pairs[f"{b} - {a}"]
-        print(f"\npaired, per trial ({(diff < 0).sum()} of {len(diff)} with {b} < {a}; "
-              f"mean difference {diff.mean():.4f} ± {diff.std():.4f}):")
-        print(pairs.to_string(index=False, float_format=lambda v: f"{v:.4f}"))
+        mean, std, n = stats.summarize(pairs[f"{b} - {a}"])
+        low, high = stats.t_interval(pairs[f"{b} - {a}"])
+        print(f"\npaired, per trial ({int((pairs[f'{b} - {a}'] < 0).sum())} of {n} with {b} < {a}; mean difference "
+              f"{fmt_number(mean)} ± {fmt_number(std)}, 95% t-interval [{fmt_number(low)}, {fmt_number(high)}], "
+              f"paired t-test p={fmt_number(stats.paired_p(pairs[b], pairs[a]))}):\n")
+        print(markdown_table(pairs))
 
 
 if __name__ == "__main__":

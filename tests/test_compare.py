@@ -24,8 +24,9 @@ import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cli, compare
+from orchestrator import cli, compare, stats
 from tests.conftest import cli_env, run_cli
+from trainables import registry
 
 # Final val_error of each (p_L, sd_schedule) over seeds 0, 1, 2. Ranked by mean (min): (0.5, linear) 0.12,
 # (1.0, linear) 0.17, (0.5, uniform) 0.23, (1.0, uniform) 0.32. Top vs runner-up per seed: -0.05, -0.04, -0.06.
@@ -117,7 +118,9 @@ def test_grouping_aggregation_and_ranking_on_known_numbers(store: dict) -> None:
                                          experiment_names={experiment.experiment_id: "toy_sd"})
     assert list(parents["run_id"]) == [store["parent"]] and len(trials) == 13
     assert compare.default_grouping(trials) == ["p_L", "sd_schedule"]
-    assert compare.resolve_metric_and_mode(parents, None, None)[:2] == ("val_error", "min")
+    directions = compare.Directions.of(parents, compare.trainable_names(parents, trials))
+    assert directions.metric(None) == "val_error"
+    assert directions.mode("val_error") == ("min", "declared by resnet") and directions.notes == []
     finished = trials[trials["status"] == "FINISHED"].reset_index(drop=True)
     by = ["p_L", "sd_schedule"]
     table = compare.trial_table(finished, by, compare.final_values(finished, "val_error"), "val_error")
@@ -151,11 +154,14 @@ def test_grouping_aggregation_and_ranking_on_known_numbers(store: dict) -> None:
     # --at best: the best epoch of each run (seed 1 dipped 0.05 below its final value at epoch 2).
     histories = compare.metric_histories(client, list(finished["run_id"]), "val_error")
     assert len(histories) == 12 * 3
-    best = compare.final_values(finished, "val_error", "best", "min", histories)
+    run_ids = list(finished["run_id"])
+    best_steps = compare.selected_steps(run_ids, "best", histories, "min")
+    best = compare.final_values(finished, "val_error", "best", histories, best_steps)
     seeds = finished["params.seed"].astype(int)
     finals = compare.final_values(finished, "val_error")
     assert np.allclose(best, finals - np.where(seeds == 1, 0.05, 0.0))
-    at_one = compare.final_values(finished, "val_error", "1", "min", histories)
+    assert finished["run_id"].map(best_steps).tolist() == [2 if s == 1 else 3 for s in seeds]
+    at_one = compare.final_values(finished, "val_error", "1", histories, compare.selected_steps(run_ids, "1"))
     assert np.allclose(at_one, finals + 0.2)
 
 
@@ -222,11 +228,97 @@ def test_by_one_key_folds_the_other_and_at_best(store: dict, capsys: pytest.Capt
     assert groups.loc[0, "std"] == pytest.approx(np.std(best, ddof=1), abs=1e-12)
 
 
+PSNR_TRAINABLE = "toy_psnr_task"
+# val_psnr and test_psnr of each arch at epochs 1-4; seed s adds 0.1 s to every value. Validation (declared max)
+# picks epoch 2 for a and 3 for b, where test_psnr is 30 and 32: b wins. Choosing on test would pick epoch 4 for a
+# (35, a wins), and so would the last epoch; a "min" guessed from the name "psnr" would rank a's 21 first.
+PSNR = {"a": ([20, 28, 25, 24], [21, 30, 26, 35]), "b": ([22, 26, 29, 27], [22, 27, 32, 28])}
+PSNR_PICK = {"a": 2, "b": 3}
+
+
+@pytest.fixture
+def psnr_trainable() -> str:
+    """A trainable declaring PSNR, higher is better, with a validation primary; removed afterwards."""
+
+    @registry.register(PSNR_TRAINABLE, defaults={"arch": "a", "seed": 0, "epochs": 4},
+                       metrics={"val_psnr": "max", "test_psnr": "max"}, primary="val_psnr")
+    def train(config: dict, ctx: object) -> None:  # never run: compare only reads its declarations
+        raise AssertionError("not a real trainable")
+
+    yield PSNR_TRAINABLE
+    registry.unregister(PSNR_TRAINABLE)
+
+
+def test_at_best_selects_the_epoch_by_validation_and_ranks_by_the_declared_direction(
+        store: dict, psnr_trainable: str, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
+    client = MlflowClient(tracking_uri=store["uri"])
+    experiment = client.create_experiment("toy_psnr", artifact_location=str(store["root"] / "artifacts" / "psnr"))
+    tags = {"trainable": psnr_trainable, "search_space": "toy_psnr"}
+    parent = client.create_run(experiment, run_name="toy_psnr-20261201-010000", tags=tags).info.run_id
+    client.log_batch(parent, params=[Param("metric", "val_psnr"), Param("mode", "max"), Param("space", "toy_psnr")])
+    runs = {}
+    for arch, (val, test) in PSNR.items():
+        for seed in range(3):
+            swept = f"arch={arch},seed={seed}"
+            runs[arch, seed] = log_run(
+                client, experiment, swept, {"arch": arch, "seed": seed, "epochs": 4},
+                {"val_psnr": [v + 0.1 * seed for v in val], "test_psnr": [t + 0.1 * seed for t in test]},
+                {**tags, "mlflow.parentRunId": parent, "swept": swept})
+    client.set_terminated(parent, status="FINISHED")
+    args = ["toy_psnr", "--tracking-uri", store["uri"], "--metric", "test_psnr", "--at", "best"]
+
+    code, out, err = compare_main([*args, "--markdown", str(tmp_path / "g.md")], capsys)
+    assert code == 0, err
+    assert "Best: arch=b with test_psnr@best val_psnr 32.1 ± 0.1 (n=3); runner-up: arch=a with 30.1" in out
+    assert (f"test_psnr@best val_psnr over seeds by arch; max is best (declared by {psnr_trainable}); 6 trials of "
+            "toy_psnr; each run's step: its best val_psnr (max)") in out
+    assert "note:" not in out  # nothing guessed
+    markdown = (tmp_path / "g.md").read_text()
+    assert "| 1 | b | 32.1 | 0.1 | 3 |" in markdown and "| 2 | a | 30.1 | 0.1 | 3 |" in markdown
+
+    # The step behind each value: validation's best epoch, not test's.
+    histories = compare.metric_histories(client, list(runs.values()), "val_psnr")
+    steps = compare.selected_steps(list(runs.values()), "best", histories, "max")
+    assert {key: steps[run_id] for key, run_id in runs.items()} == {(a, s): PSNR_PICK[a] for a, s in runs}
+
+    # Choosing the epoch on a test metric is refused, before anything is written.
+    code, out, err = compare_main([*args, "--select", "test_psnr"], capsys)
+    assert code == 2 and out == "" and "never by a test metric (test_psnr)" in err
+
+    # A trainable that is no longer registered: the direction is guessed, and the output says so.
+    registry.unregister(psnr_trainable)
+    code, out, err = compare_main(args, capsys)
+    assert code == 0, err
+    assert (f"note: trainable '{psnr_trainable}' is no longer registered: the direction of test_psnr (min) comes "
+            "from the metric's name, not from a declaration") in out
+    assert "min is best (the metric's name)" in out and "Best: arch=a with test_psnr@best val_psnr 30.1" in out
+
+
+def test_shared_statistics_and_formatting_on_known_numbers() -> None:
+    from orchestrator.tables import fmt_number, markdown_table
+
+    values = [0.10, 0.12, 0.14, np.nan]  # NaN: a run without the value, left out
+    assert stats.summarize(values) == pytest.approx((0.12, 0.02, 3))
+    half = 4.302652729749464 * 0.02 / math.sqrt(3)  # t_{0.975, 2} s / sqrt(n)
+    assert stats.t_interval(values) == pytest.approx((0.12 - half, 0.12 + half))
+    assert stats.t_interval([0.3, 0.3]) == (0.3, 0.3) and all(map(math.isnan, stats.t_interval([0.3])))
+    assert stats.quarter_means([1, 2, 3, 4, 5, 6, 7, 8]) == (1.5, 7.5)
+    assert [fmt_number(v) for v in (None, np.nan, 123456.7, -2500.5, np.float32(0.123456), np.int64(7), "x")] == [
+        "", "", "123457", "-2500", "0.1235", "7", "x"]
+    frame = pd.DataFrame({"name": ["a|b", "c"], "value": [0.5, np.nan], "n": [3, 4]})
+    assert markdown_table(frame) == ("| name | value | n |\n|---|---:|---:|\n| a\\|b | 0.5 | 3 |\n| c |  | 4 |\n")
+    assert markdown_table([["x", 1234.5]], ["k", "v"]).splitlines()[2] == "| x | 1234 |"
+
+
 def test_pareto_front_on_known_points() -> None:
     points = np.array(NAS)
-    front = compare.pareto_front(points, [True, False])
+    front = stats.pareto_mask(points, [True, False])
     assert {f"t{i}" for i in np.flatnonzero(front)} == NAS_FRONT
-    assert compare.pareto_front(points, [True, True]).tolist() == [False] * 5 + [True, False]  # (0.96, 80) wins
+    assert stats.pareto_mask(points, [True, True]).tolist() == [False] * 5 + [True, False]  # (0.96, 80) wins
+    frame = pd.DataFrame(NAS, columns=["accuracy", "latency_ms"], index=[f"t{i}" for i in range(len(NAS))])
+    frame.loc["t7"] = [np.nan, 1.0]  # unmeasured: not a candidate, although nothing beats its latency
+    nas_front = stats.pareto_front(frame, x="latency_ms", y="accuracy", x_mode="min", y_mode="max")
+    assert list(nas_front.index) == ["t0", "t1", "t2", "t5"]  # best latency first
 
 
 def test_architecture_search_pareto_and_reward(store: dict, capsys: pytest.CaptureFixture, tmp_path: Path) -> None:
@@ -419,7 +511,7 @@ def test_compare_reads_a_real_sweep(tmp_path: Path, ray_address: str) -> None:
     result = run_cli("orchestrator.compare", ["sd_rates", "--csv", "groups.csv", "--at", "best"], tmp_path,
                      timeout=120)
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "val_error@best over seeds by sd_schedule; min is best (the sweep's params)" in result.stdout
+    assert "val_error@best over seeds by sd_schedule; min is best (declared by resnet)" in result.stdout
 
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     runs = client.search_runs([client.get_experiment_by_name("sd_rates").experiment_id])
