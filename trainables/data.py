@@ -42,7 +42,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn.functional as F
-from sklearn.model_selection import train_test_split
 from torch.utils.data import BatchSampler, DistributedSampler
 
 try:  # numpy >= 2 (numpy.core still resolves for old pickles, but only with a deprecation warning)
@@ -509,6 +508,8 @@ def _stratified_split(strat: np.ndarray, size: int | float, seed: int, what: str
     shuffles anyway) and makes the result independent of sklearn's internal permutation order.
     """
     try:
+        from sklearn.model_selection import train_test_split  # here: registry lookups need not import sklearn
+
         rest, part = train_test_split(np.arange(len(strat)), test_size=size, stratify=strat,
                                       random_state=seed, shuffle=True)
     except ValueError as exc:
