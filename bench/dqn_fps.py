@@ -4,7 +4,7 @@ Why: the issue's goal is RLlib/plain >= 0.7x, so that scaling out with Ray does 
 one machine. Both variants use the same pieces, in one process, one torch thread, interleaved per repeat
 (rllib, plain, rllib, plain, ...):
 
-- ``rllib``: ``build_algo_config`` of ``trainables.rl.dqn`` (the registered trainable's config: ``PaperDQN``'s
+- ``rllib``: ``build_algo_config`` of ``trainables.rl.dqn.config`` (the registered trainable's config: ``PaperDQN``'s
   loop over the frame-ring replay memory), local env runner (``num_env_runners=0``) and local learner;
   ``algo.train()`` calls of ``--steps`` agent steps each are timed after a warm-up call that fills the replay memory
   past ``learning_starts``.
@@ -36,7 +36,8 @@ import torch.nn.functional as F
 
 from trainables import registry
 from trainables.rl import atari
-from trainables.rl.dqn import build_algo_config, build_q_network, epsilon_at
+from trainables.rl.dqn.config import build_algo_config, epsilon_at
+from trainables.rl.dqn.network import build_q_network
 
 
 def dqn_config(game: str, steps: int, warmup: int) -> dict[str, Any]:

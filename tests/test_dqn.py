@@ -78,8 +78,8 @@ def test_atari_preprocessing_shape_dtype_and_frame_skip() -> None:
     env = atari.make_env({"env": "Pong"})
     obs, _ = env.reset(seed=0)
     assert obs.shape == (4, 84, 84) and obs.dtype == np.uint8 and env.observation_space.contains(obs)
-    obs, reward, *_ = env.step(0)
-    assert obs.shape == (4, 84, 84) and reward in (-1.0, 0.0, 1.0)
+    obs, *_ = env.step(0)
+    assert obs.shape == (4, 84, 84)
     assert env.unwrapped._frameskip == 1  # the wrapper skips, not ALE v5 (else 16 frames per step)
     assert atari.frame_skip_for("ALE/Pong-v5") == 4
     assert atari.frame_skip_for("Space Invaders") == 3
@@ -275,6 +275,122 @@ def test_evaluation_uses_epsilon_005_and_unclipped_scores(ray_address: str) -> N
         algo.stop()
 
 
+# ---- the loss through the real learner -----------------------------------------------------------------------------
+
+# Five hand-built CartPole transitions; the 2nd and 4th end their episode (terminated), the 5th is cut by the time
+# limit (truncated, not terminal: it bootstraps).
+HAND_REWARDS = [1.0, -1.0, 0.5, 2.0, 0.0]
+HAND_TERMINATEDS = [False, True, False, True, False]
+
+
+def _hand_batch() -> dict[str, torch.Tensor]:
+    from ray.rllib.core.columns import Columns
+
+    g = torch.Generator().manual_seed(3)
+    return {
+        Columns.OBS: torch.randn(5, 4, generator=g),
+        Columns.NEXT_OBS: torch.randn(5, 4, generator=g),
+        Columns.ACTIONS: torch.tensor([0, 1, 1, 0, 1]),
+        Columns.REWARDS: torch.tensor(HAND_REWARDS),
+        Columns.TERMINATEDS: torch.tensor(HAND_TERMINATEDS),
+        Columns.TRUNCATEDS: torch.tensor([False, False, False, False, True]),
+    }
+
+
+def _paper_learner(**overrides: Any) -> Any:
+    """PaperDQNLearner built as RLlib builds it (from the trainable's DQNConfig), its target copy made different from
+    theta so that a loss reading the wrong network shows."""
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    from trainables.rl.dqn import build_algo_config
+    from trainables.rl.dqn.learner import PaperDQNLearner
+
+    torch.manual_seed(0)
+    spaces = {DEFAULT_MODULE_ID: (gym.spaces.Box(-5, 5, (4,), np.float32), gym.spaces.Discrete(2))}
+    learner = build_algo_config(resolve(env="CartPole-v1", **overrides)).build_learner(spaces=spaces)
+    assert type(learner) is PaperDQNLearner
+    module = learner.module[DEFAULT_MODULE_ID]
+    with torch.no_grad():
+        for p in module._target_q_net.parameters():
+            p.add_(0.3 * torch.randn_like(p))
+    return learner
+
+
+def _plain_loss(q_net: torch.nn.Module, target_net: torch.nn.Module, batch: dict, gamma: float, loss: str,
+                double_q: bool) -> torch.Tensor:
+    """y = r + gamma (1 - done) max_a' Q_target(s', a') and the loss on (y - Q(s, a)), in plain PyTorch."""
+    s, s_next = batch["obs"], batch["new_obs"]
+    r, done = torch.tensor(HAND_REWARDS), torch.tensor(HAND_TERMINATEDS, dtype=torch.float32)
+    with torch.no_grad():
+        if double_q:  # a' = argmax Q(s', .; theta), valued by theta^-
+            a_next = q_net(s_next).argmax(dim=1)
+            next_value = target_net(s_next)[torch.arange(5), a_next]
+        else:
+            next_value = target_net(s_next).max(dim=1).values
+        y = r + gamma * (1.0 - done) * next_value
+    q = q_net(s)[torch.arange(5), batch["actions"]]
+    d = y - q
+    if loss == "mse":
+        return (d**2).mean()
+    return torch.where(d.abs() <= 1.0, 0.5 * d**2, d.abs() - 0.5).mean()  # Huber, delta 1
+
+
+@pytest.mark.parametrize(
+    ("target_network", "loss", "double_q"),
+    [(False, "mse", False), (True, "mse", False), (True, "huber", False), (True, "mse", True)],
+    ids=["2013", "2015-target", "2015-huber", "double-q"],
+)
+def test_paper_dqn_learner_loss_matches_plain_pytorch(target_network: bool, loss: str, double_q: bool) -> None:
+    from ray.rllib.core import DEFAULT_MODULE_ID
+
+    learner = _paper_learner(target_network=target_network, loss=loss, double_q=double_q, gamma=0.9)
+    module = learner.module[DEFAULT_MODULE_ID]
+    batch = _hand_batch()
+    got = learner.compute_loss_for_module(
+        module_id=DEFAULT_MODULE_ID,
+        config=learner.config.get_config_for_module(DEFAULT_MODULE_ID),
+        batch=batch,
+        fwd_out=module.forward_train(batch),
+    ).detach()
+    # 2013: theta^- is theta itself (held fixed in the gradient); 2015: the target copy
+    target_net = module._target_q_net if target_network else module.q_net
+    expected = _plain_loss(module.q_net, target_net, batch, 0.9, loss, double_q).detach()
+    assert float(got) == pytest.approx(float(expected), rel=1e-6)
+    # the batch can tell the formulas apart: without the terminal mask, or bootstrapping from the other network,
+    # the loss would differ
+    other = module.q_net if target_network else module._target_q_net
+    wrong_network = _plain_loss(module.q_net, other, batch, 0.9, loss, double_q).detach()
+    assert float(expected) != pytest.approx(float(wrong_network))
+    unmasked = {**batch, "terminateds": torch.zeros(5, dtype=torch.bool)}
+    assert float(got) != pytest.approx(float(learner.compute_loss_for_module(
+        module_id=DEFAULT_MODULE_ID, config=learner.config.get_config_for_module(DEFAULT_MODULE_ID),
+        batch=unmasked, fwd_out=module.forward_train(unmasked)).detach()))
+
+
+def test_paper_dqn_learner_update_is_one_rmsprop_step_on_the_plain_loss() -> None:
+    """learner.update (the call PaperDQN.training_step makes) = one step of the paper's RMSProp on the plain loss."""
+    import copy
+
+    from ray.rllib.core import DEFAULT_MODULE_ID
+    from ray.rllib.policy.sample_batch import MultiAgentBatch, SampleBatch
+    from ray.rllib.utils.metrics import NUM_ENV_STEPS_SAMPLED_LIFETIME
+
+    learner = _paper_learner(target_network=True, loss="mse", gamma=0.9, lr=0.01)
+    module = learner.module[DEFAULT_MODULE_ID]
+    batch = _hand_batch()
+    q_net, target_net = copy.deepcopy(module.q_net), copy.deepcopy(module._target_q_net)
+    optimizer = torch.optim.RMSprop(q_net.parameters(), lr=0.01, alpha=0.95, eps=0.01, centered=True)
+    optimizer.zero_grad()
+    _plain_loss(q_net, target_net, batch, 0.9, "mse", False).backward()
+    optimizer.step()
+
+    columns = {k: v.numpy() for k, v in batch.items()}
+    learner.update(batch=MultiAgentBatch({DEFAULT_MODULE_ID: SampleBatch(columns)}, env_steps=5), minibatch_size=5,
+                   num_epochs=1, timesteps={NUM_ENV_STEPS_SAMPLED_LIFETIME: 1})
+    for name, expected in q_net.state_dict().items():
+        assert torch.allclose(module.q_net.state_dict()[name], expected, atol=1e-6), name
+
+
 # ---- through the trainable ----------------------------------------------------------------------------------------
 
 
@@ -297,7 +413,15 @@ def test_checkpoint_restore_continues_the_step_count(ray_address: str, tmp_path:
 
     gif = tmp_path / "cartpole.gif"  # no pygame: play draws the cart and pole itself
     returns = play(second._latest, episodes=2, gif_path=str(gif), seed=0)
-    assert len(returns) == 2 and all(1 <= r <= 500 for r in returns) and gif.stat().st_size > 0
+    assert play(second._latest, episodes=2, seed=0) == returns  # seeded: a replay scores the same
+    from PIL import Image
+
+    with Image.open(gif) as image:  # CartPole pays +1 per step: the first game's frames, 40 ms per step
+        durations = []  # (Pillow merges identical consecutive frames and adds up their durations)
+        for index in range(image.n_frames):
+            image.seek(index)
+            durations.append(image.info["duration"])
+    assert sum(durations) == 40 * returns[0]
 
 
 def test_checkpoint_replay_saves_and_restores_the_replay_memory(ray_address: str, tmp_path: Any) -> None:
@@ -349,15 +473,12 @@ def test_atari_pipeline_runs_end_to_end(ray_address: str, tmp_path: Any, game: s
     last = ctx.results[-1]
     assert last["env_steps"] >= 256 and last["env_frames"] == 4 * last["env_steps"]
     assert math.isfinite(last["learner/qf_loss"]) and math.isfinite(last["q_mean"])
-    assert 0.99 < last["epsilon"] < 1.0 and last["frames_per_second"] > 0
-    evaluated = [r for r in ctx.results if math.isfinite(r.get("eval_return_mean", math.nan))]
-    assert evaluated, "no evaluation result"
-    score = evaluated[-1]["eval_return_mean"]  # the game's score: Pong in [-21, 21], Breakout >= 0
-    assert (-21 <= score <= 21) if game == "Pong" else score >= 0
+    evaluated = [r for r in ctx.results if r.get("eval_age") == 0.0]
+    assert [r["eval_episodes"] for r in evaluated] == [1.0] * (len(ctx.results) // 2), "evaluation every 2nd result"
 
     gif = tmp_path / "play.gif"
     returns = play(ctx._latest, episodes=1, gif_path=str(gif) if game == "Pong" else None, seed=1)
-    assert len(returns) == 1 and (returns[0] >= -21 if game == "Pong" else returns[0] >= 0)
+    assert len(returns) == 1
     if game == "Pong":
         assert gif.stat().st_size > 0
 

@@ -12,8 +12,16 @@ from typing import Any
 from trainables.context import Context
 from trainables.registry import check_range, register
 from trainables.rl import common
-from trainables.rl.crr import OFFLINE_DEFAULTS, offline_algo_config, validate_offline
+from trainables.rl.crr import (
+    OFFLINE_BUDGET,
+    OFFLINE_DEFAULTS,
+    OFFLINE_FLAGS,
+    OFFLINE_METRICS,
+    offline_algo_config,
+    validate_offline,
+)
 from trainables.rl.offline import keep_data_in_trial_placement, offline_placement
+from trainables.rl.play import RL_TOOLS
 
 BC_DEFAULTS: dict[str, Any] = {**OFFLINE_DEFAULTS, "lr": 3e-4}
 
@@ -42,7 +50,9 @@ def bc_placement(config: dict[str, Any]) -> list[dict[str, float]]:
     return offline_placement(common.placement(build_bc_config(config, check_data=False)))
 
 
-@register("bc", defaults=BC_DEFAULTS, validate=(validate_offline, validate_bc), placement=bc_placement)
+@register("bc", defaults=BC_DEFAULTS, validate=(validate_offline, validate_bc), placement=bc_placement,
+          tools=RL_TOOLS, metrics=OFFLINE_METRICS, primary="eval_return_mean", budget=OFFLINE_BUDGET,
+          flags=OFFLINE_FLAGS)
 def train_bc(config: dict[str, Any], ctx: Context) -> None:
     """RLlib's behaviour cloning (BC) on an offline dataset, evaluated in the real environment."""
     import torch

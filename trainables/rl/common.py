@@ -39,6 +39,8 @@ TRAINABLE_FILE = "trainable.json"
 ALGORITHM_SUBDIR = "algorithm"
 
 ExtraMetrics = Callable[["Algorithm", Mapping[str, Any]], Mapping[str, float]]
+# Sees every result and its checkpoint directory just before it is reported (the directory is gone afterwards).
+OnReport = Callable[[Mapping[str, float], str], None]
 
 
 def run_algorithm(
@@ -51,11 +53,14 @@ def run_algorithm(
     frames_per_step: int = 1,
     extra_metrics: ExtraMetrics | None = None,
     steps_key: str = "env_steps",
+    on_report: OnReport | None = None,
 ) -> None:
     """Build ``algo_config``, resume from the trial's checkpoint if there is one, and train until ``budget_steps``.
 
     ``extra_metrics(algo, result)`` adds method-specific scalars (DQN: epsilon, mean Q). ``steps_key`` names the
-    reported counter the budget is measured in (``env_steps`` for online, ``dataset_rows`` for offline methods).
+    reported counter the budget is measured in (``env_steps``: agent steps online, dataset rows trained offline).
+    ``on_report(metrics, checkpoint_dir)`` sees each result and its checkpoint before it is reported (DQN's
+    ``keep_best`` keeps a copy of the best one).
     """
     algo = algo_config.build_algo()
     try:
@@ -92,7 +97,13 @@ def run_algorithm(
             with tempfile.TemporaryDirectory(prefix="rl_ckpt_") as tmp:
                 algo.save_to_path(os.path.join(tmp, ALGORITHM_SUBDIR))
                 with open(os.path.join(tmp, TRAINABLE_FILE), "w") as handle:
-                    json.dump({"trainable": name, "config": dict(config)}, handle, default=str)
+                    # normalize_actions: whether the policy's Box actions are in [-1, 1] (play and record map
+                    # them back to the env's bounds) or already at the env's scale
+                    produced = {"trainable": name, "config": dict(config),
+                                "normalize_actions": bool(algo.config.normalize_actions)}
+                    json.dump(produced, handle, default=str)
+                if on_report is not None:
+                    on_report(metrics, tmp)
                 ctx.report(metrics, checkpoint_dir=tmp)
             if steps >= budget_steps:
                 break

@@ -47,6 +47,7 @@ from trainables.rl.offline import (
     offline_placement,
     record_dataset,
 )
+from trainables.rl.play import RL_TOOLS
 
 
 class CRRConfig(AlgorithmConfig):
@@ -251,8 +252,17 @@ def crr_placement(config: dict[str, Any]) -> list[dict[str, float]]:
     return offline_placement(common.placement(build_crr_config(config, check_data=False)))
 
 
+# What a sweep, compare or the final table may rank an offline trial by (no training episodes: offline).
+OFFLINE_METRICS = {"eval_return_mean": "max", "learner/policy_loss": "min"}
+CRR_METRICS = {**OFFLINE_METRICS, "learner/qf_loss": "min"}
+# The budget: dataset rows trained on (batch_size x gradient steps), reported as env_steps by run_algorithm.
+OFFLINE_BUDGET = ("train_rows", "env_steps")
+OFFLINE_FLAGS = {"--env": "env", "--data": "data"}
+
+
 @register("crr", defaults=CRR_DEFAULTS, validate=(validate_offline, validate_crr), placement=crr_placement,
-          tools={"record": record_dataset})
+          tools={**RL_TOOLS, "record": record_dataset}, metrics=CRR_METRICS, primary="eval_return_mean",
+          budget=OFFLINE_BUDGET, flags={**OFFLINE_FLAGS, "--weight-type": "weight_type"})
 def train_crr(config: dict[str, Any], ctx: Context) -> None:
     """CRR (Wang et al. 2020) on an offline dataset, evaluated in the real environment."""
     import torch

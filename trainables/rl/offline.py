@@ -101,20 +101,28 @@ def find_module_dir(path: str, module_id: str = "default_policy") -> str:
     raise ConfigError(f"no RLlib RLModule '{module_id}' found in checkpoint {path!r}")
 
 
-def load_checkpoint_policy(path: str, action_space: Any) -> Policy:
-    """The greedy policy of the RLModule saved in ``path`` (Box actions: RLlib's [-1, 1] output unsquashed)."""
+def load_checkpoint_policy(path: str, action_space: Any, *, normalized: bool | None = None) -> Policy:
+    """The greedy policy of the RLModule saved in ``path``. Box actions: ``normalized`` policies act in [-1, 1] and
+    are mapped to the env's bounds (RLlib's unsquash), others are clipped to them; ``None``: as the checkpoint's
+    ``trainable.json`` says (CRR: normalized, BC: env scale; normalized when there is no such file)."""
     import gymnasium as gym
     import torch
     from ray.rllib.core.columns import Columns
     from ray.rllib.core.rl_module.rl_module import RLModule
 
-    module = RLModule.from_checkpoint(find_module_dir(path))
+    module_dir = find_module_dir(path)
+    if normalized is None:
+        normalized = _produced_by(module_dir).get("normalize_actions", True)
+    module = RLModule.from_checkpoint(module_dir)
     module.eval()
     dist_cls = module.get_inference_action_dist_cls()
 
     def act(obs: np.ndarray) -> Any:
+        x = torch.as_tensor(obs[None])
+        if x.is_floating_point():
+            x = x.float()  # uint8 frames stay uint8: the DQN network scales them itself
         with torch.no_grad():
-            out = module.forward_inference({Columns.OBS: torch.as_tensor(obs[None], dtype=torch.float32)})
+            out = module.forward_inference({Columns.OBS: x})
             if Columns.ACTIONS in out:
                 action = out[Columns.ACTIONS]
             else:
@@ -123,9 +131,25 @@ def load_checkpoint_policy(path: str, action_space: Any) -> Policy:
         if isinstance(action_space, gym.spaces.Discrete):
             return int(action)
         low, high = action_space.low, action_space.high
-        return np.clip(low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low), low, high).astype(np.float32)
+        if normalized:
+            action = low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
+        return np.clip(action, low, high).astype(np.float32)
 
     return act
+
+
+def _produced_by(module_dir: str) -> dict[str, Any]:
+    """The ``trainable.json`` of the trainable checkpoint holding ``module_dir`` ({} for a bare RLlib checkpoint)."""
+    from trainables.rl.common import TRAINABLE_FILE
+
+    folder = os.path.abspath(module_dir)
+    for _ in range(6):  # <ckpt>/algorithm/learner_group/learner/rl_module/default_policy
+        candidate = os.path.join(folder, TRAINABLE_FILE)
+        if os.path.isfile(candidate):
+            with open(candidate) as handle:
+                return json.load(handle)
+        folder = os.path.dirname(folder)
+    return {}
 
 
 def _return_stats(returns: list[float], rows: int) -> dict[str, float]:
@@ -273,6 +297,8 @@ def keep_data_in_trial_placement() -> None:
     from ray.data import DataContext
     from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
+    if not ray.is_initialized():  # not in a trial; and get_current_placement_group() would start a Ray here
+        return
     group = ray.util.get_current_placement_group()
     if group is None:
         return
