@@ -26,7 +26,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from trainables.checkpoint import (  # noqa: F401  (CHECKPOINT_FILE, CheckpointError: re-exported for methods)
+from trainables.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
     read_checkpoint,
@@ -214,7 +214,7 @@ def _restore(state: Mapping[str, Any], directory: str, models: Mapping[str, nn.M
         for name, schedule in schedules.items():
             schedule.load_state_dict(state["schedules"][name])
     except Exception as err:
-        raise CheckpointError(f"checkpoint in {directory} does not fit this trainable's models: "
+        raise CheckpointError(f"checkpoint {directory}/{CHECKPOINT_FILE} does not fit this trainable's models: "
                               f"{type(err).__name__}: {' '.join(str(err).split())[:300]}") from None
 
 

@@ -108,6 +108,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.serve:
             return serve(read.open_store(args.tracking_uri), args.host, args.port)
         raise cli.UserError("name an experiment (or --runs PARENT_RUN_ID, or --serve alone for the MLflow UI)")
+    with read.store_errors(args.tracking_uri):
+        return report_comparison(args, argv)
+
+
+def report_comparison(args: argparse.Namespace, argv: Sequence[str] | None) -> int:
+    """Compare, print the ranking and verdict, write the files asked for (and serve, if asked)."""
     result = compare_runs(args)
     for note in result.notes:
         print(f"note: {note}")

@@ -3,8 +3,9 @@ the metric histories, and the one-row-per-trial table everything else works on."
 
 from __future__ import annotations
 
+import contextlib
 import re
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -30,9 +31,39 @@ def open_store(cli_uri: str | None) -> str:
         if not path.is_file():
             raise cli.UserError(f"no MLflow store at {path} (run a sweep here first, or give --tracking-uri / "
                                 "MLFLOW_TRACKING_URI)")
+        check_sqlite_header(path)
     else:
         tracking.check_reachable(uri)
     return uri
+
+
+# The first 16 bytes of every SQLite 3 database file (https://www.sqlite.org/fileformat.html, section 1.3.1).
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def check_sqlite_header(path: Path) -> None:
+    """One line naming ``path`` when it is not an SQLite database (16 bytes read). An empty file would be silently
+    turned into a fresh store by MLflow, so it is refused too."""
+    with path.open("rb") as handle:
+        head = handle.read(len(SQLITE_HEADER))
+    if head != SQLITE_HEADER:
+        what = "an empty file" if not head else "not an SQLite database"
+        raise cli.UserError(f"corrupt MLflow store {path}: {what} (give --tracking-uri for another store)")
+
+
+@contextlib.contextmanager
+def store_errors(cli_uri: str | None) -> Iterator[None]:
+    """Turn a store that breaks while it is read (a database whose header is intact but whose pages are not, a
+    locked or half-written file) into one line naming it, instead of SQLAlchemy's traceback. The report needs every
+    run of the store, so this is an error, not a note: there is no "rest" to render without the store."""
+    from sqlalchemy.exc import DatabaseError
+
+    try:
+        yield
+    except DatabaseError as err:
+        where = tracking.resolve_tracking_uri(cli_uri).removeprefix("sqlite:///")
+        reason = " ".join(str(getattr(err, "orig", None) or err).split())[:200]
+        raise cli.UserError(f"cannot read the MLflow store {where}: {reason}") from None
 
 
 def resolve_experiments(client: Any, names: Sequence[str]) -> list[Any]:

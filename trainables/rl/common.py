@@ -66,7 +66,7 @@ def run_algorithm(
     try:
         with ctx.restored_checkpoint() as path:
             if path is not None:
-                algo.restore_from_path(os.path.join(path, ALGORITHM_SUBDIR))
+                restore(algo, path)
         steps_before = _lifetime_steps(algo)  # non-zero after a restore
         last_eval: dict[str, float] = {"eval_return_mean": math.nan}
         iteration, eval_iteration = 0, 0
@@ -112,6 +112,22 @@ def run_algorithm(
         # Ray Data's iterator generators (offline input) must be finalized now, not at interpreter exit: left to
         # the end, they crashed CPython 3.11.7 in pytest's teardown ("AST constructor recursion depth mismatch").
         gc.collect()
+
+
+def restore(algo: Algorithm, checkpoint_dir: str) -> None:
+    """Restore ``algo`` from one of :func:`run_algorithm`'s checkpoints; a checkpoint RLlib cannot read (truncated,
+    overwritten, or of another algorithm or network) is one :class:`CheckpointError` line naming it."""
+    from trainables.checkpoint import CheckpointError
+
+    folder = os.path.join(checkpoint_dir, ALGORITHM_SUBDIR)
+    if not os.path.isdir(folder):
+        raise CheckpointError(f"corrupt checkpoint {checkpoint_dir}: it has no {ALGORITHM_SUBDIR}/ folder")
+    try:
+        algo.restore_from_path(folder)
+    except Exception as err:  # noqa: BLE001 (unpickling and set_state raise whatever a corrupt file provokes)
+        message = " ".join(str(err).split())[:300]
+        raise CheckpointError(f"corrupt checkpoint {folder}: RLlib cannot restore from it "
+                              f"({type(err).__name__}: {message})") from err
 
 
 def standard_metrics(result: Mapping[str, Any], *, frames_per_step: int = 1) -> dict[str, float]:

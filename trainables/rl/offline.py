@@ -31,6 +31,7 @@ from typing import Any
 
 import numpy as np
 
+from trainables.checkpoint import CheckpointError
 from trainables.registry import ConfigError
 
 STATS_FILE = "dataset.json"
@@ -101,10 +102,15 @@ def find_module_dir(path: str, module_id: str = "default_policy") -> str:
     raise ConfigError(f"no RLlib RLModule '{module_id}' found in checkpoint {path!r}")
 
 
-def load_checkpoint_policy(path: str, action_space: Any, *, normalized: bool | None = None) -> Policy:
+def load_checkpoint_policy(path: str, action_space: Any, *, normalized: bool | None = None,
+                           observation_space: Any = None) -> Policy:
     """The greedy policy of the RLModule saved in ``path``. Box actions: ``normalized`` policies act in [-1, 1] and
     are mapped to the env's bounds (RLlib's unsquash), others are clipped to them; ``None``: as the checkpoint's
-    ``trainable.json`` says (CRR: normalized, BC: env scale; normalized when there is no such file)."""
+    ``trainable.json`` says (CRR: normalized, BC: env scale; normalized when there is no such file).
+
+    A module that cannot be loaded, or (given ``observation_space``) cannot act on one of its observations, raises
+    :class:`~trainables.checkpoint.CheckpointError` with one line naming the file or folder, never RLlib's
+    traceback."""
     import gymnasium as gym
     import torch
     from ray.rllib.core.columns import Columns
@@ -112,10 +118,17 @@ def load_checkpoint_policy(path: str, action_space: Any, *, normalized: bool | N
 
     module_dir = find_module_dir(path)
     if normalized is None:
-        normalized = _produced_by(module_dir).get("normalize_actions", True)
-    module = RLModule.from_checkpoint(module_dir)
-    module.eval()
-    dist_cls = module.get_inference_action_dist_cls()
+        normalized = bool(_produced_by(module_dir).get("normalize_actions", True))
+    check_module_files(module_dir)
+    try:
+        module = RLModule.from_checkpoint(module_dir)
+        if not isinstance(module, RLModule):
+            raise TypeError(f"{type(module).__name__} is not an RLModule")
+        module.eval()
+        dist_cls = module.get_inference_action_dist_cls()
+    except Exception as err:  # noqa: BLE001 (unpickling and set_state raise anything a corrupt file provokes)
+        raise CheckpointError(f"corrupt checkpoint {module_dir}: RLlib cannot load its module from "
+                              f"{CTOR_FILE} and {STATE_FILE}.pkl ({_short(err)})") from None
 
     def act(obs: np.ndarray) -> Any:
         x = torch.as_tensor(obs[None])
@@ -135,19 +148,70 @@ def load_checkpoint_policy(path: str, action_space: Any, *, normalized: bool | N
             action = low + (np.clip(action, -1.0, 1.0) + 1.0) * 0.5 * (high - low)
         return np.clip(action, low, high).astype(np.float32)
 
+    if observation_space is not None:
+        # A module of another environment (other observation shape or action count) loads fine and fails on its
+        # first step: try one step now, so that is one line too.
+        try:
+            action = act(np.asarray(observation_space.sample()))
+            if not action_space.contains(action):
+                raise ValueError(f"action {action!r} is not in the env's action space {action_space}")
+        except Exception as err:  # noqa: BLE001
+            raise CheckpointError(f"checkpoint {module_dir} does not fit this environment "
+                                  f"({observation_space} -> {action_space}): {_short(err)}") from None
     return act
 
 
+# The files of an RLlib RLModule checkpoint (ray.rllib.utils.checkpoints.Checkpointable), both pickles. RLlib
+# unpickles them with plain pickle: no weights-only mode exists for them (the first holds the module's class), so a
+# checkpoint from someone else can run code when it is loaded, like any pickle.
+CTOR_FILE = "class_and_ctor_args.pkl"
+STATE_FILE = "module_state"
+
+
+def check_module_files(module_dir: str) -> None:
+    """Cheap checks before RLlib unpickles a module (two bytes a file): both files are there and look like whole
+    pickles (protocol 2+ starts with 0x80 and every pickle ends with the STOP opcode '.'); CheckpointError naming
+    the file otherwise. Catches truncated and overwritten files with the file's name instead of a pickle error."""
+    if os.path.isfile(os.path.join(module_dir, STATE_FILE + ".msgpack")):
+        names = [CTOR_FILE]  # a msgpack state (RLlib's use_msgpack) is checked when RLlib reads it
+    else:
+        names = [CTOR_FILE, STATE_FILE + ".pkl"]
+    for name in names:
+        file = os.path.join(module_dir, name)
+        try:
+            size = os.path.getsize(file)
+            with open(file, "rb") as handle:
+                first = handle.read(1)
+                handle.seek(max(size - 1, 0))
+                last = handle.read(1)
+        except OSError as err:
+            raise CheckpointError(f"corrupt checkpoint: cannot read {file} ({err.strerror or err})") from None
+        if size < 2 or first != b"\x80" or last != b".":
+            raise CheckpointError(f"corrupt checkpoint file {file}: truncated or not a pickle ({size} bytes)")
+
+
+def _short(err: BaseException) -> str:
+    """``Type: message`` on one line, at most 300 characters."""
+    return f"{type(err).__name__}: {' '.join(str(err).split())[:300]}"
+
+
 def _produced_by(module_dir: str) -> dict[str, Any]:
-    """The ``trainable.json`` of the trainable checkpoint holding ``module_dir`` ({} for a bare RLlib checkpoint)."""
+    """The ``trainable.json`` of the trainable checkpoint holding ``module_dir`` ({} for a bare RLlib checkpoint);
+    CheckpointError naming the file when it is there but is not a JSON object."""
     from trainables.rl.common import TRAINABLE_FILE
 
     folder = os.path.abspath(module_dir)
     for _ in range(6):  # <ckpt>/algorithm/learner_group/learner/rl_module/default_policy
         candidate = os.path.join(folder, TRAINABLE_FILE)
         if os.path.isfile(candidate):
-            with open(candidate) as handle:
-                return json.load(handle)
+            try:
+                with open(candidate) as handle:
+                    produced = json.load(handle)
+            except (OSError, ValueError) as err:
+                raise CheckpointError(f"corrupt checkpoint file {candidate}: not JSON ({_short(err)})") from None
+            if not isinstance(produced, dict):
+                raise CheckpointError(f"corrupt checkpoint file {candidate}: not a JSON object")
+            return produced
         folder = os.path.dirname(folder)
     return {}
 
@@ -182,7 +246,9 @@ def record_dataset(env_id: str, policies: list[str], episodes: int, out_dir: str
     all_returns: list[float] = []
     episode_index = 0
     for spec in specs:
-        act = load_checkpoint_policy(spec.path, env.action_space) if spec.kind == "checkpoint" else None
+        act = None
+        if spec.kind == "checkpoint":
+            act = load_checkpoint_policy(spec.path, env.action_space, observation_space=env.observation_space)
         returns, start_rows = [], len(rows)
         for _ in range(spec.episodes or episodes):
             obs, _ = env.reset(seed=seed * 100_003 + episode_index)

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from trainables import registry
+from trainables.checkpoint import CheckpointError
 from trainables.registry import ConfigError
 from trainables.rl import atari
 from trainables.rl.common import TRAINABLE_FILE
@@ -27,15 +28,39 @@ MAX_GIF_FRAMES = 5000
 
 def read_checkpoint(checkpoint_dir: str) -> tuple[str, dict[str, Any]]:
     """The trainable that wrote ``checkpoint_dir`` and its config (over the trainable's current defaults, so a
-    checkpoint from before a key was added still plays)."""
+    checkpoint from before a key was added still plays; keys the trainable no longer has are ignored).
+
+    The config is type-checked and validated as a sweep's would be (its dataset aside: playing needs the env, not
+    the data the policy learned from), so a wrong ``trainable.json`` is one :class:`CheckpointError` naming it."""
     path = os.path.join(checkpoint_dir, TRAINABLE_FILE)
+    if not os.path.isdir(checkpoint_dir):
+        raise CheckpointError(f"checkpoint {checkpoint_dir} does not exist")
     try:
         with open(path) as handle:
             produced = json.load(handle)
-        name, config = produced["trainable"], produced["config"]
-    except (OSError, ValueError, KeyError, TypeError) as err:
-        raise ConfigError(f"{checkpoint_dir} is not a readable RL checkpoint: cannot read {path} ({err})") from None
-    return name, {**registry.get(name).defaults, **config}
+    except FileNotFoundError:
+        raise CheckpointError(f"{checkpoint_dir} is not an RL checkpoint: it has no {TRAINABLE_FILE}") from None
+    except (OSError, ValueError) as err:
+        raise CheckpointError(f"corrupt checkpoint file {path}: not JSON ({type(err).__name__}: {err})") from None
+    if not (isinstance(produced, dict) and isinstance(produced.get("trainable"), str)
+            and isinstance(produced.get("config"), dict)):
+        raise CheckpointError(f"corrupt checkpoint file {path}: expected a JSON object with a 'trainable' name and "
+                              "a 'config' object")
+    name, stored = produced["trainable"], produced["config"]
+    try:
+        spec = registry.get(name)
+    except ConfigError as err:
+        raise CheckpointError(f"checkpoint file {path}: {err}") from None
+    known = {key: value for key, value in stored.items() if key in spec.defaults}
+    if "data" in known:
+        known["data"] = ""  # validate_offline would check that the dataset is still there
+    try:
+        config = spec.resolve(known)
+    except ConfigError as err:
+        raise CheckpointError(f"corrupt checkpoint file {path}: its config does not fit '{name}': {err}") from None
+    if "data" in stored:
+        config["data"] = stored["data"]
+    return name, config
 
 
 def play(checkpoint_dir: str, episodes: int = 5, gif_path: str | None = None, seed: int = 0) -> list[float]:
@@ -46,7 +71,7 @@ def play(checkpoint_dir: str, episodes: int = 5, gif_path: str | None = None, se
     env = atari.make_env(
         {**atari.env_config_from(config), "clip_rewards": False}, render_mode="rgb_array" if gif_path else None
     )
-    act = load_checkpoint_policy(checkpoint_dir, env.action_space)
+    act = load_checkpoint_policy(checkpoint_dir, env.action_space, observation_space=env.observation_space)
     epsilon = float(config.get("eval_epsilon", 0.0))
     rng = np.random.default_rng(seed)
     returns: list[float] = []
@@ -107,3 +132,6 @@ def render(env: Any, obs: np.ndarray) -> np.ndarray:
 # ``checkpoint_file``, the name of the file that marks an RL checkpoint directory (``registry.tool("checkpoint_file")``
 # is that string; the file is JSON with ``trainable`` and ``config``).
 RL_TOOLS: dict[str, Any] = {"play": play, "checkpoint_file": TRAINABLE_FILE}
+# What an RL trainable's code raises when the user's input is wrong (``register(..., user_errors=...)``): an
+# unreadable or mismatched checkpoint (play, record's checkpoint:PATH, a resumed trial). The CLIs print it as one line.
+RL_USER_ERRORS: tuple[type[BaseException], ...] = (CheckpointError,)

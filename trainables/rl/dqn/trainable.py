@@ -17,7 +17,7 @@ from trainables.registry import register
 from trainables.rl import atari
 from trainables.rl.common import ExtraMetrics, placement, run_algorithm
 from trainables.rl.dqn.config import DQN_DEFAULTS, agent_steps, build_algo_config, epsilon_at, validate_dqn
-from trainables.rl.play import RL_TOOLS, play
+from trainables.rl.play import RL_TOOLS, RL_USER_ERRORS, play
 
 HELD_OUT_STATES = 256
 FRESH_EVAL_SEED = 10_000  # env seeds of keep_best's re-evaluation: none of training's or evaluation's
@@ -104,6 +104,7 @@ def dqn_placement(config: dict[str, Any]) -> list[dict[str, float]]:
     primary="eval_return_mean",
     budget=("frames", "env_frames"),
     flags=DQN_FLAGS,
+    user_errors=RL_USER_ERRORS,
 )
 def train_dqn(config: dict[str, Any], ctx: Context) -> None:
     """DQN (Mnih et al. 2013) on RLlib: Atari preprocessing, the paper's network, replay, epsilon-greedy.
