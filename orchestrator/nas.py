@@ -1,11 +1,14 @@
 """``python -m orchestrator.nas``: architecture search with an RNN controller (Zoph & Le; MnasNet's reward) on Tune.
 
 A searcher (``orchestrator.searchers``: PPO or REINFORCE on an LSTM controller, or the random / regularized
-evolution baselines) proposes token sequences; every trial is the registered ``nas_child`` trainable, which builds
+evolution baselines) proposes token sequences; every trial is the child trainable (the one that registers the
+``architecture_search`` declaration, :class:`trainables.registry.ArchitectureSearch`: ``nas_child``), which builds
 the child, measures its latency on its own device and trains it on the common loop; the searcher turns accuracy and
-latency into MnasNet's reward ``ACC * (LAT / T) ** w`` and learns. Every trial is a nested MLflow run (architecture,
-accuracy, latency, reward); the end shows the best architectures, the accuracy/latency Pareto front and a plot of
-the reward over trials (also on the parent run).
+latency into MnasNet's reward ``ACC * (LAT / T) ** w`` and learns. This module knows the child only through that
+declaration: its spaces, the config keys the searcher writes, the accuracy and latency metrics it reports. Every
+trial is a nested MLflow run (architecture, accuracy, latency, reward); the end shows the best architectures, the
+accuracy/latency Pareto front and a plot of the reward over trials (also on the parent run). The executor under
+it (parent run, Tune, resume record, exit status) is ``orchestrator.sweep``'s: :mod:`orchestrator.executor`.
 
 Examples::
 
@@ -19,21 +22,17 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
-import shlex
 import sys
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cli, cluster, runner, spaces, tracking
+from orchestrator import cli, executor, runner, spaces, stats, tracking
 from orchestrator.searchers import REWARDS, SEARCHERS, make_searcher, reward
+from orchestrator.searchers.base import SEARCH_TOOL
+from orchestrator.tables import fmt_number
 from trainables import registry
-from trainables.nas_spaces import SPACES
-
-TRAINABLE = "nas_child"
-RECORD = "nas.json"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,16 +41,19 @@ def build_parser() -> argparse.ArgumentParser:
         description="Neural architecture search with an RNN controller as a Ray Tune searcher; every child is a "
         "nested MLflow run with its architecture, accuracy, measured latency and reward.",
     )
-    parser.add_argument("--space", choices=sorted(SPACES), default="mnasnet", help="search space (default mnasnet)")
+    parser.add_argument("--trainable", help=f"child trainable (default: the one that provides '{SEARCH_TOOL}')")
+    parser.add_argument("--space", help="search space of the child trainable (default: its first, mnasnet)")
     parser.add_argument("--blocks", type=int, default=0,
                         help="blocks (mnasnet, 1-7) or layers (zoph, 1-15); 0 = the space's default (7 / 6)")
     parser.add_argument("--controller", choices=sorted(SEARCHERS), default="ppo", help="searcher (default ppo)")
     parser.add_argument("--trials", type=int, default=48, help="children to train (default 48)")
-    parser.add_argument("--epochs-per-child", type=int, default=1, help="training epochs of each child (default 1)")
+    parser.add_argument("--epochs-per-child", type=int, default=1,
+                        help="training budget of each child in the trainable's budget unit (epochs; default 1)")
     parser.add_argument("--target-ms", type=float, default=1.0, help="latency target T in ms (default 1.0)")
     parser.add_argument("--reward", choices=sorted(REWARDS), default="soft",
                         help="soft: alpha=beta=-0.07; hard: alpha=0, beta=-1; accuracy: w=0 (accuracy3: cubed)")
-    parser.add_argument("--dataset", default="mnist5k", help="dataset of the children (default mnist5k)")
+    parser.add_argument("--dataset", help="dataset of the children (shorthand of --set dataset=...; default: the "
+                        "trainable's, mnist5k)")
     parser.add_argument("--seed", type=int, default=0, help="seed of the searcher (and of the children's training)")
     parser.add_argument("--lr", type=float, default=0.01, help="controller learning rate (Adam)")
     parser.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE",
@@ -72,157 +74,140 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def child_config(args: argparse.Namespace) -> dict[str, Any]:
+def child_trainable(args: argparse.Namespace) -> tuple[registry.TrainableSpec, registry.ArchitectureSearch]:
+    """The child trainable and its architecture-search declaration."""
+    spec = registry.get(args.trainable) if args.trainable else registry.provider(SEARCH_TOOL)
+    if SEARCH_TOOL not in spec.tools:
+        raise cli.UserError(f"trainable '{spec.name}' is not an architecture-search child (no '{SEARCH_TOOL}')")
+    return spec, spec.tools[SEARCH_TOOL]
+
+
+def child_config(args: argparse.Namespace, spec: registry.TrainableSpec,
+                 search: registry.ArchitectureSearch) -> dict[str, Any]:
     """The children's base config, validated by the trainable's own rules (before Ray or MLflow are touched)."""
     for flag, value in (("--trials", args.trials), ("--epochs-per-child", args.epochs_per_child)):
         if value < 1:
             raise cli.UserError(f"{flag} must be >= 1, got {value}")
     if not args.target_ms > 0:
         raise cli.UserError(f"--target-ms must be > 0, got {args.target_ms}")
-    overrides = spaces.parse_overrides(args.set)
-    reserved = {"space", "num_blocks", "tokens", "arch", "trial_index"} & set(overrides)
+    overrides = spaces.absolute_paths(spaces.parse_overrides(args.set), spec)
+    reserved = set(search.reserved()) & set(overrides)
     if reserved:
         raise cli.UserError(f"--set cannot set {', '.join(sorted(reserved))}: the searcher chooses them")
-    if overrides.get("data_dir"):
-        overrides["data_dir"] = str(Path(overrides["data_dir"]).expanduser().resolve())
-    overrides = {"dataset": args.dataset, "epochs": args.epochs_per_child, "seed": args.seed, "space": args.space,
-                 "num_blocks": args.blocks, **overrides}
-    return registry.get(TRAINABLE).resolve(overrides)
+    flags = {spec.budget[0]: args.epochs_per_child, "seed": args.seed, search.space_key: space_of(args, search),
+             search.blocks_key: args.blocks, **({"dataset": args.dataset} if args.dataset else {})}
+    return spec.resolve({**{k: v for k, v in flags.items() if k in spec.defaults}, **overrides})
+
+
+def space_of(args: argparse.Namespace, search: registry.ArchitectureSearch) -> str:
+    return args.space or search.spaces[0]
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
-    storage = cluster.normalize_storage(args.storage)
-    record = None
-    if args.resume:  # the same search: its settings come from the record, not from this call
-        name = args.name or latest_search(storage)
-        record = cluster.read_record(f"{storage}/{name}/{RECORD}")
-        original = build_parser().parse_args(record["argv"])
-        tracking_uri = record["tracking_uri"]
-    else:
-        original = args
-        name = args.name or f"nas-{args.space}-{args.controller}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-        tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
-    base = child_config(original)
-    # Children on one machine share one latency cache (keyed by architecture and device).
-    if base["latency_cache"] is None and "://" not in storage:
-        base["latency_cache"] = f"{storage}/{name}/latency_cache.json"
-    resources = runner.TrialResources(cpus=original.cpus_per_trial, gpus=original.gpus_per_trial)
-    tracking.check_reachable(tracking_uri)
-
     import torch
 
     torch.set_num_threads(1)  # the driver only steps the small controller; the cores belong to the children
-    where = cluster.connect(args.address, num_cpus=args.num_cpus)
-    if where == cluster.EMBEDDED:
-        runner.check_fits_local(TRAINABLE, resources, base)
-    print(f"nas: {original.trials} children of the {original.space} space, {original.controller} controller, "
-          f"{original.reward} reward (T = {original.target_ms:g} ms) on {where}; {resources.describe()}; "
-          f"MLflow {tracking_uri}; storage {storage}/{name}")
+    return executor.execute(args, argv, parse=build_parser().parse_args, plan=plan, prog="python -m orchestrator.nas",
+                            label="", stem="nas")
 
-    tracker = tracking.SweepTracker(tracking_uri, record["mlflow_experiment"] if record else args.experiment)
-    if record:
-        tracker.reopen_parent(record["parent_run_id"])
-    else:
-        tags = {"trainable": TRAINABLE, "search_space": f"nas_{args.space}", "controller": args.controller,
-                "ray.experiment": f"{storage}/{name}", "command": "python -m orchestrator.nas " + shlex.join(argv)}
-        params = {"space": args.space, "controller": args.controller, "trials": args.trials, "reward": args.reward,
-                  "metric": "reward", "mode": "max",  # what orchestrator.compare ranks by
-                  "target_ms": args.target_ms, "search_seed": args.seed, "epochs_per_child": args.epochs_per_child}
-        tracker.start_recorded_parent(name, params, tags, record_path=f"{storage}/{name}/{RECORD}", argv=argv)
 
-    def report(results: Any) -> None:
-        table = results_table(results, original)
-        print_report(table, original, args.top)
-        log_summary(tracker, table, original, f"{storage}/{name}" if "://" not in storage else None)
+def plan(args: argparse.Namespace) -> executor.Plan:
+    """The search ``args`` describe, validated: its children's base config, the searcher, the report."""
+    spec, search = child_trainable(args)
+    base = child_config(args, spec, search)
+    space = space_of(args, search)
+    resources = runner.TrialResources(cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
 
-    def fit() -> Any:  # built inside run_tune, so a failed restore also closes the parent run
-        return build_tuner(original, base, resources, tracker, storage, name, resume=bool(record)).fit()
+    def setup(tracker: tracking.SweepTracker, folder: str) -> executor.TuneSetup:
+        from ray import tune
 
-    resume = f"python -m orchestrator.nas --resume --name {name}" + (f" --storage {storage}" if args.storage else "")
-    return cli.run_tune(tracker, fit, report, original.trials, resume)
+        children = dict(base)
+        # Children on one machine share one file the trainable may cache per-architecture results in (latency).
+        if search.cache_key and children.get(search.cache_key) is None and "://" not in folder:
+            children[search.cache_key] = f"{folder}/{search.cache_key}.json"
+        searcher = make_searcher(args.controller, space, children, trials=args.trials, reward_kind=args.reward,
+                                 target_ms=args.target_ms, seed=args.seed, num_blocks=args.blocks, search=search,
+                                 **({"lr": args.lr} if args.controller in ("ppo", "reinforce") else {}))
+        scheduler = None
+        if args.scheduler == "asha":
+            from ray.tune.schedulers import ASHAScheduler
+
+            budget_key, reached = spec.budget
+            scheduler = ASHAScheduler(time_attr=reached, max_t=base[budget_key], grace_period=1, reduction_factor=2)
+        callback = NasTrialCallback(tracker, search=search, reward_kind=args.reward, target_ms=args.target_ms,
+                                    tags={"trainable": spec.name, "controller": args.controller},
+                                    swept_keys=[search.index_key])
+        return executor.TuneSetup(
+            tune_config=tune.TuneConfig(metric=search.accuracy, mode="max", search_alg=searcher, num_samples=-1,
+                                        max_concurrent_trials=args.max_concurrent or None, scheduler=scheduler,
+                                        reuse_actors=True),  # one process trains many children (see sweep.py)
+            callback=callback, keep_checkpoints=1,
+        )
+
+    def report(results: Any, tracker: tracking.SweepTracker, folder: str) -> None:
+        table = results_table(results, args, spec, search)
+        print_report(table, args, args.top, search)
+        log_summary(tracker, table, args, folder if "://" not in folder else None, space)
+
+    return executor.Plan(
+        name_prefix=f"nas-{space}-{args.controller}", spec=spec, base_config=base, resources=resources,
+        num_trials=args.trials, mlflow_experiment=args.experiment,
+        headline=f"nas: {args.trials} children of the {space} space, {args.controller} controller, {args.reward} "
+                 f"reward (T = {args.target_ms:g} ms)",
+        params={"space": space, "controller": args.controller, "trials": args.trials, "reward": args.reward,
+                "metric": "reward", "mode": "max",  # what orchestrator.compare ranks by
+                "target_ms": args.target_ms, "search_seed": args.seed, "epochs_per_child": args.epochs_per_child},
+        tags={"search_space": f"nas_{space}", "controller": args.controller}, setup=setup, report=report,
+    )
 
 
 class NasTrialCallback(tracking.MlflowTrialCallback):
     """The platform's per-trial MLflow run, plus the child's reward (same formula as the searcher's) and a readable
-    ``arch`` tag."""
+    architecture tag."""
 
-    def __init__(self, tracker: tracking.SweepTracker, *, reward_kind: str, target_ms: float, **kwargs: Any) -> None:
+    def __init__(self, tracker: tracking.SweepTracker, *, search: registry.ArchitectureSearch, reward_kind: str,
+                 target_ms: float, **kwargs: Any) -> None:
         super().__init__(tracker, **kwargs)
-        self.reward_kind, self.target_ms = reward_kind, target_ms
+        self.search, self.reward_kind, self.target_ms = search, reward_kind, target_ms
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
-        self.tracker.client.set_tag(run_id, "arch", str(trial.config.get("arch", "")))
+        self.tracker.client.set_tag(run_id, "arch", str(trial.config.get(self.search.arch_key, "")))
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        if "val_accuracy" in result and "latency_ms" in result:
-            result = {**result, "reward": reward(result["val_accuracy"], result["latency_ms"], self.target_ms,
-                                                 self.reward_kind)}
+        accuracy, latency = self.search.accuracy, self.search.latency
+        if accuracy in result and latency in result:
+            result = {**result, "reward": reward(result[accuracy], result[latency], self.target_ms, self.reward_kind)}
         super().on_trial_result(iteration, trials, trial, result, **info)
 
 
-def build_tuner(args: argparse.Namespace, base: dict[str, Any], resources: runner.TrialResources,
-                tracker: tracking.SweepTracker, storage: str, name: str, *, resume: bool) -> Any:
-    from ray import tune
-
-    trainable = runner.make_trainable(TRAINABLE, resources, storage_path=storage, experiment_name=name)
-    if resume:  # searcher state (controller, baseline, optimizer, RNG, pending trials) comes back with it
-        return tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
-                                  resume_errored=True)
-    searcher = make_searcher(args.controller, args.space, base, trials=args.trials, reward_kind=args.reward,
-                             target_ms=args.target_ms, seed=args.seed, num_blocks=args.blocks,
-                             **({"lr": args.lr} if args.controller in ("ppo", "reinforce") else {}))
-    scheduler = None
-    if args.scheduler == "asha":
-        from ray.tune.schedulers import ASHAScheduler
-
-        scheduler = ASHAScheduler(time_attr="training_iteration", max_t=base["epochs"], grace_period=1,
-                                  reduction_factor=2)
-    callback = NasTrialCallback(tracker, reward_kind=args.reward, target_ms=args.target_ms,
-                                tags={"trainable": TRAINABLE, "controller": args.controller},
-                                swept_keys=["trial_index"])
-    return tune.Tuner(
-        trainable,
-        tune_config=tune.TuneConfig(metric="val_accuracy", mode="max", search_alg=searcher, num_samples=-1,
-                                    max_concurrent_trials=args.max_concurrent or None, scheduler=scheduler,
-                                    reuse_actors=True),  # one process trains many children (see sweep.py)
-        run_config=tune.RunConfig(name=name, storage_path=storage, callbacks=[callback],
-                                  checkpoint_config=tune.CheckpointConfig(num_to_keep=1)),
-    )
-
-
-def results_table(results: Any, args: argparse.Namespace) -> Any:
-    """One row per child, in sampling order: architecture, size, accuracy, latency, reward."""
+def results_table(results: Any, args: argparse.Namespace, spec: registry.TrainableSpec,
+                  search: registry.ArchitectureSearch) -> Any:
+    """One row per child, in sampling order: architecture, size, accuracy, latency, reward, budget reached."""
     import pandas as pd
 
+    reached = spec.budget[1]
     rows = []
     for result in results:
         metrics, config = result.metrics or {}, result.config or {}
-        accuracy, latency = metrics.get("val_accuracy"), metrics.get("latency_ms")
+        accuracy, latency = metrics.get(search.accuracy), metrics.get(search.latency)
         rows.append({
-            "trial": config.get("trial_index"), "arch": config.get("arch"), "params": metrics.get("params"),
-            "macs": metrics.get("macs"), "accuracy": accuracy, "latency_ms": latency,
-            "latency_cv": metrics.get("latency_cv"),
+            "trial": config.get(search.index_key), "arch": config.get(search.arch_key),
+            **{column: metrics.get(column) for column in search.columns},
+            "accuracy": accuracy, "latency_ms": latency,
             "reward": None if accuracy is None or latency is None else reward(accuracy, latency, args.target_ms,
                                                                               args.reward),
-            "epochs": metrics.get("training_iteration"), "status": "ERROR" if result.error else "OK",
+            reached: metrics.get(reached), "status": executor.completion_status(spec, result),
         })
     table = pd.DataFrame(rows)
     return table.sort_values("trial").reset_index(drop=True) if not table.empty else table
 
 
 def pareto_front(table: Any) -> Any:
-    """Children no other child beats on both accuracy (higher) and latency (lower), by latency."""
-    done = table.dropna(subset=["accuracy", "latency_ms"]).sort_values(["latency_ms", "accuracy"],
-                                                                        ascending=[True, False])
-    keep, best = [], -1.0
-    for index, row in done.iterrows():
-        if row["accuracy"] > best:
-            keep.append(index)
-            best = row["accuracy"]
-    return done.loc[keep]
+    """Children no other child beats on both accuracy (higher) and latency (lower), fastest first."""
+    return stats.pareto_front(table, x="latency_ms", y="accuracy", x_mode="min", y_mode="max")
 
 
 def quarter_means(table: Any) -> tuple[float, float]:
@@ -231,25 +216,25 @@ def quarter_means(table: Any) -> tuple[float, float]:
     return float(rewards[:q].mean()), float(rewards[-q:].mean())
 
 
-def print_report(table: Any, args: argparse.Namespace, top: int) -> None:
+def print_report(table: Any, args: argparse.Namespace, top: int, search: registry.ArchitectureSearch) -> None:
     from rich.console import Console
     from rich.table import Table
 
     console = Console(width=200)
-    columns = ["trial", "arch", "params", "macs", "accuracy", "latency_ms", "reward"]
+    columns = ["trial", "arch", *search.columns, "accuracy", "latency_ms", "reward", "status"]
 
     def render(title: str, frame: Any) -> Table:
         out = Table(title=title)
         for column in columns:
-            out.add_column(column, justify="left" if column == "arch" else "right", overflow="fold")
+            out.add_column(column, justify="left" if column in ("arch", "status") else "right", overflow="fold")
         for _, row in frame.iterrows():
-            out.add_row(*(_fmt(row[c]) for c in columns))
+            out.add_row(*(fmt_number(row[c]) for c in columns))
         return out
 
-    if table.empty:
-        console.print("no child finished")
+    if table.empty or table["reward"].notna().sum() == 0:
+        console.print("no child reported an accuracy and a latency")
         return
-    best = table.dropna(subset=["reward"]).sort_values("reward", ascending=False).head(top)
+    best = table.dropna(subset=["reward"]).sort_values("reward", ascending=False, kind="stable").head(top)
     console.print(render(f"top {len(best)} architectures by {args.reward} reward (T = {args.target_ms:g} ms)", best))
     console.print(render("Pareto front: accuracy vs latency", pareto_front(table)))
     first, last = quarter_means(table)
@@ -276,7 +261,8 @@ def plot_rewards(table: Any, path: Path, title: str) -> Path:
     return path
 
 
-def log_summary(tracker: tracking.SweepTracker, table: Any, args: argparse.Namespace, folder: str | None) -> None:
+def log_summary(tracker: tracking.SweepTracker, table: Any, args: argparse.Namespace, folder: str | None,
+                space: str) -> None:
     """Best reward, quarter means, the table (CSV) and the reward plot (PNG) on the parent run."""
     if table.empty or tracker.parent_run_id is None or table["reward"].notna().sum() == 0:
         return
@@ -293,27 +279,10 @@ def log_summary(tracker: tracking.SweepTracker, table: Any, args: argparse.Names
         out.mkdir(parents=True, exist_ok=True)
         table.to_csv(out / "children.csv", index=False)
         plot = plot_rewards(table, out / "reward_over_trials.png",
-                            f"{args.controller} on {args.space}, {args.reward} reward, T = {args.target_ms:g} ms")
+                            f"{args.controller} on {space}, {args.reward} reward, T = {args.target_ms:g} ms")
         client.log_artifact(run_id, str(out / "children.csv"))
         client.log_artifact(run_id, str(plot))
     print(f"reward plot: {plot if folder else 'logged to the parent run'}")
-
-
-def latest_search(storage: str) -> str:
-    root = Path(storage)
-    candidates = sorted((p for p in root.glob("nas-*") if (p / RECORD).is_file()), key=lambda p: p.stat().st_mtime) \
-        if "://" not in storage else []
-    if not candidates:
-        raise cli.UserError(f"nothing to resume: no nas-* search under {storage} (give --name)")
-    return candidates[-1].name
-
-
-def _fmt(value: Any) -> str:
-    if value is None or (isinstance(value, float) and value != value):
-        return ""
-    if isinstance(value, float):
-        return f"{value:.0f}" if value >= 1000 else f"{value:.4g}"
-    return str(value)
 
 
 if __name__ == "__main__":

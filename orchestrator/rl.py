@@ -11,9 +11,11 @@ Examples::
     python -m orchestrator.rl crr --env CartPole-v1 --data data/ --weight-type exp --set beta=1.0
     python -m orchestrator.rl bc --env CartPole-v1 --data data/
 
-A single run is a one-trial sweep: it gets the same MLflow parent/child runs, checkpoints and ``--resume`` as
-``orchestrator.sweep``. The algorithm commands are the registered trainables that reserve their own resources (RLlib
-env runners and learners); the orchestrator reaches them only through the registry.
+A single run is a one-trial sweep: it gets the same MLflow parent/child runs, checkpoints, ``--resume`` and final
+table as ``orchestrator.sweep`` (one executor, :mod:`orchestrator.executor`). The algorithm commands are the
+registered trainables that reserve their own resources (RLlib env runners and learners); each one's flags are its
+registered shorthands (``flags``), a plain run ranks by its declared primary metric, and ``play``/``record`` are
+registered tools. The orchestrator reaches them only through the registry.
 """
 
 from __future__ import annotations
@@ -25,20 +27,19 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cli, cluster, spaces, sweep
+from orchestrator import cli, cluster, executor, spaces, sweep
 from trainables import registry
-from trainables.rl.common import TRAINABLE_FILE
 
-# Command-line flags that are shorthands for config keys of the chosen algorithm.
-FLAG_KEYS = {"env": "env", "frames": "frames", "num_env_runners": "num_env_runners", "gpus": "num_gpus",
-             "data": "data", "weight_type": "weight_type"}
-PATH_KEYS = ("data",)  # made absolute here: trials run in other working directories
-METRIC, MODE = "eval_return_mean", "max"
+CHECKPOINT_FILE_TOOL = "checkpoint_file"  # the file an RL checkpoint folder holds (names trainable and config)
 
 
 def rl_algorithms() -> list[str]:
-    """Registered trainables that reserve their own resources (RLlib algorithms)."""
+    """Registered trainables that reserve their own resources (RLlib algorithms); loads every trainable."""
     return [name for name in registry.names() if registry.get(name).placement is not None]
+
+
+def flag_dest(key: str) -> str:
+    return f"config__{key}"  # the argparse destination of a flag that sets config key ``key``
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -50,12 +51,12 @@ def build_parser() -> argparse.ArgumentParser:
     for name in rl_algorithms():
         spec = registry.get(name)
         sub = commands.add_parser(name, help=spec.description, description=spec.description)
-        sub.add_argument("--env", help="gymnasium id, e.g. ALE/Pong-v5 or CartPole-v1")
-        sub.add_argument("--frames", type=int, help="training budget in environment frames")
-        sub.add_argument("--num-env-runners", type=int, help="RLlib env runner actors (0: sample in the trial)")
-        sub.add_argument("--gpus", type=float, help="GPUs for the learner")
-        sub.add_argument("--data", help="offline dataset directory (offline algorithms)")
-        sub.add_argument("--weight-type", help="CRR advantage weighting: exp or binary")
+        for flag, key in spec.flags.items():  # the algorithm's registered shorthands, typed by their defaults
+            default = spec.defaults[key]
+            kind = type(default) if isinstance(default, (int, float)) and not isinstance(default, bool) else str
+            budget = " (the budget)" if key == spec.budget[0] else ""
+            sub.add_argument(flag, dest=flag_dest(key), type=kind, metavar=key.upper(),
+                             help=f"sets {key}{budget}; default {default!r}")
         sub.add_argument("--sweep", help="search space name or YAML path for this algorithm (a Tune sweep)")
         sweep.add_run_arguments(sub)
         # An RL trial's resources come from its config (env runners, learner GPUs), not from these.
@@ -88,31 +89,30 @@ def main(argv: Sequence[str] | None = None) -> int:
         return play(args)
     if args.command == "record":
         return record(args)
-    return sweep.execute(
-        args, argv, parse=build_parser().parse_args, load=load_rl_space, prog="python -m orchestrator.rl",
-        label=args.command, stem=Path(args.sweep).stem if args.sweep else args.command,
+    return executor.execute(
+        args, argv, parse=build_parser().parse_args, plan=lambda a: sweep.plan(a, load_rl_space),
+        prog="python -m orchestrator.rl", label=args.command,
+        stem=Path(args.sweep).stem if args.sweep else args.command,
     )
 
 
 def load_rl_space(args: argparse.Namespace) -> spaces.SweepSpace:
     """A one-trial space for a plain run, or the ``--sweep`` space file, with the flags and ``--set`` applied."""
+    spec = registry.get(args.command)
     overrides = spaces.parse_overrides(args.set)
-    for flag, key in FLAG_KEYS.items():
-        value = getattr(args, flag, None)
+    for key in spec.flags.values():
+        value = getattr(args, flag_dest(key), None)
         if value is not None:
             overrides[key] = value
-    for key in PATH_KEYS:
-        if overrides.get(key):
-            overrides[key] = str(Path(overrides[key]).expanduser().resolve())
+    overrides = spaces.absolute_paths(overrides, spec)
     if args.sweep:
         space = spaces.load_space(args.sweep)
         if space.trainable != args.command:
             raise cli.UserError(f"search space '{space.name}' is for trainable '{space.trainable}', "
                                 f"not '{args.command}'")
-    else:
-        spec = registry.get(args.command)
+    else:  # ranked by the algorithm's declared primary metric and its direction (spaces.resolve_metric)
         space = spaces.SweepSpace(name=args.command, path=Path("<command line>"), trainable=args.command,
-                                  metric=METRIC, mode=MODE, description=spec.description)
+                                  description=spec.description)
     return sweep.apply_run_flags(space.with_overrides(overrides), args)
 
 
@@ -151,20 +151,22 @@ def find_checkpoint(path: str) -> str:
     root = Path(path).expanduser()
     if not root.exists():
         raise cli.UserError(f"checkpoint {path} does not exist")
-    if (root / TRAINABLE_FILE).is_file():
+    marker = registry.tool(CHECKPOINT_FILE_TOOL)
+    if (root / marker).is_file():
         return str(root)
-    candidates = sorted(root.rglob(TRAINABLE_FILE), key=lambda p: (p.stat().st_mtime, str(p)))
+    candidates = sorted(root.rglob(marker), key=lambda p: (p.stat().st_mtime, str(p)))
     if not candidates:
-        raise cli.UserError(f"{path} holds no RL checkpoint (no {TRAINABLE_FILE} below it)")
+        raise cli.UserError(f"{path} holds no RL checkpoint (no {marker} below it)")
     return str(candidates[-1].parent)
 
 
 def read_trainable_file(checkpoint: str) -> dict[str, Any]:
+    marker = registry.tool(CHECKPOINT_FILE_TOOL)
     try:
-        produced = json.loads((Path(checkpoint) / TRAINABLE_FILE).read_text())
+        produced = json.loads((Path(checkpoint) / marker).read_text())
         produced["trainable"], produced["config"]  # noqa: B018 (both keys must be there)
     except (OSError, ValueError, KeyError, TypeError) as err:
-        raise cli.UserError(f"corrupt checkpoint {checkpoint}: cannot read {TRAINABLE_FILE} ({err})") from None
+        raise cli.UserError(f"corrupt checkpoint {checkpoint}: cannot read {marker} ({err})") from None
     return produced
 
 

@@ -4,8 +4,10 @@ A file in ``search_spaces/`` (or any path) reads::
 
     trainable: resnet            # a registered trainable
     description: stochastic-depth survival rate x schedule
-    metric: val_error            # what the final table ranks by, and what a scheduler watches
-    mode: min
+    metric: val_error            # what the final table ranks by, and what a scheduler watches (default: the
+                                 # trainable's primary metric)
+    mode: min                    # optional: the trainable declares each metric's direction; a contradiction is
+                                 # an error
     seeds: 2                     # repeats: each config runs with seed 0..seeds-1
     samples: 1                   # Tune num_samples (for random primitives)
     scheduler: {type: asha, grace_period: 1, reduction_factor: 2}   # optional; or --scheduler
@@ -44,8 +46,8 @@ class SweepSpace:
     name: str
     path: Path
     trainable: str
-    metric: str
-    mode: str
+    metric: str | None = None  # None: the trainable's primary metric (filled in by validate)
+    mode: str | None = None  # None: the trainable's declared direction of the metric (filled in by validate)
     description: str = ""
     seeds: int = 1
     samples: int = 1
@@ -65,8 +67,10 @@ class SweepSpace:
     def validate(self, spec: TrainableSpec) -> dict[str, Any]:
         """Check every value the sweep can produce against ``spec``; returns the resolved base config.
 
-        Grid and choice values are checked in every combination; continuous ranges at both ends.
+        Grid and choice values are checked in every combination; continuous ranges at both ends. The metric and
+        its direction come from the trainable's declaration (:meth:`resolve_metric`).
         """
+        self.resolve_metric(spec)
         base = spec.resolve(self.fixed)
         for key in self.searched:
             if key not in spec.defaults:
@@ -83,6 +87,26 @@ class SweepSpace:
                 where = ", ".join(f"{k}={v!r}" for k, v in combo)
                 raise ConfigError(f"space '{self.name}' ({where}): {err}") from None
         return base
+
+    def resolve_metric(self, spec: TrainableSpec) -> None:
+        """Fill in ``metric`` (default: the primary one) and ``mode`` from what ``spec`` declares.
+
+        A file's ``mode`` that contradicts the declaration is a :class:`ConfigError`; a trainable that declares no
+        metrics (a notebook's) needs the file to give the mode.
+        """
+        self.metric = self.metric or spec.primary
+        if not self.metric:
+            raise ConfigError(f"space '{self.name}': give 'metric' (trainable '{spec.name}' declares no primary one)")
+        if not spec.metrics:
+            if self.mode is None:
+                raise ConfigError(f"space '{self.name}': give 'mode' (trainable '{spec.name}' declares no metrics)")
+            return
+        declared = spec.mode(self.metric)
+        if self.mode is not None and self.mode != declared:
+            raise ConfigError(f"space '{self.name}': mode {self.mode} contradicts trainable '{spec.name}', whose "
+                              f"{self.metric} is better when {'lower' if declared == 'min' else 'higher'} "
+                              f"({declared}); leave 'mode' out")
+        self.mode = declared
 
     def param_space(self, base: Mapping[str, Any]) -> dict[str, Any]:
         """The Tune ``param_space``: the full resolved config with searched keys replaced by Tune primitives."""
@@ -139,15 +163,16 @@ def parse_space(raw: Any, *, name: str, path: Path) -> SweepSpace:
         return ConfigError(f"search space {path}: {message}")
 
     if not isinstance(raw, dict):
-        raise fail("must be a mapping with at least 'trainable' and 'metric'")
+        raise fail("must be a mapping with at least 'trainable'")
     unknown = sorted(set(raw) - TOP_LEVEL_KEYS)
     if unknown:
         raise fail(f"unknown top-level key(s) {', '.join(unknown)}; allowed: {', '.join(sorted(TOP_LEVEL_KEYS))}")
-    for required in ("trainable", "metric"):
-        if not isinstance(raw.get(required), str):
-            raise fail(f"'{required}' must be given as a string")
-    mode = raw.get("mode", "max")
-    if mode not in ("min", "max"):
+    if not isinstance(raw.get("trainable"), str):
+        raise fail("'trainable' must be given as a string")
+    if not isinstance(raw.get("metric", ""), str):
+        raise fail("'metric' must be a string")
+    mode = raw.get("mode")
+    if mode not in ("min", "max", None):
         raise fail(f"mode must be 'min' or 'max', got {mode!r}")
     for count in ("seeds", "samples"):
         if not isinstance(raw.get(count, 1), int) or raw.get(count, 1) < 1:
@@ -166,7 +191,7 @@ def parse_space(raw: Any, *, name: str, path: Path) -> SweepSpace:
         name=name,
         path=path,
         trainable=raw["trainable"],
-        metric=raw["metric"],
+        metric=raw.get("metric"),
         mode=mode,
         description=str(raw.get("description", "")),
         seeds=raw.get("seeds", 1),
@@ -216,6 +241,20 @@ def _candidate_values(prim: Mapping[str, Any]) -> list[Any]:
     if kind == "randint":
         return [values[0], values[1] - 1]
     return list(values)
+
+
+def absolute_paths(overrides: Mapping[str, Any], spec: TrainableSpec) -> dict[str, Any]:
+    """Command-line values that name an existing file or folder, made absolute: trials run in other working
+    directories (and on other nodes). Only keys whose default is a string or None (an optional path) qualify, so
+    a number or a choice is never touched; a path that does not exist is left for the validator to reject."""
+    out = dict(overrides)
+    for key, value in overrides.items():
+        default = spec.defaults.get(key, 0)
+        if isinstance(value, str) and value and (default is None or isinstance(default, str)):
+            path = Path(value).expanduser()
+            if path.exists():
+                out[key] = str(path.resolve())
+    return out
 
 
 def parse_overrides(items: list[str]) -> dict[str, Any]:

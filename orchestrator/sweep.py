@@ -12,15 +12,14 @@ Examples::
 from __future__ import annotations
 
 import argparse
-import datetime as dt
 import json
-import shlex
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cli, cluster, runner, spaces, tracking
+from orchestrator import cli, executor, runner, spaces, stats, tracking
+from orchestrator.tables import fmt_number
 from trainables import registry
 
 
@@ -70,153 +69,87 @@ def main(argv: Sequence[str] | None = None) -> int:
     if not args.space:
         raise cli.UserError("name a search space (python -m orchestrator.sweep --list shows them)")
     argv = list(sys.argv[1:] if argv is None else argv)
-    return execute(args, argv, parse=build_parser().parse_args, load=load_sweep_space,
-                   prog="python -m orchestrator.sweep", label=args.space)
+    return executor.execute(args, argv, parse=build_parser().parse_args, plan=lambda a: plan(a, load_sweep_space),
+                            prog="python -m orchestrator.sweep", label=args.space)
 
 
-def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[str]], argparse.Namespace],
-            load: Callable[[argparse.Namespace], spaces.SweepSpace], prog: str, label: str,
-            stem: str | None = None) -> int:
-    """Run (or ``--resume``) the sweep that ``load(args)`` describes: Ray, the MLflow parent run, Tune, the table.
-
-    ``argv`` is saved in the sweep's record; a resume re-parses it with ``parse`` so it runs the same sweep.
-    ``label`` names the sweep on the command line (``prog label --resume`` continues it); ``stem`` is the prefix of
-    the experiment names a bare ``--resume`` looks through (default: ``label``'s).
-    """
-    # 1. Everything the user gave is checked before Ray starts or MLflow is touched.
-    storage = cluster.normalize_storage(args.storage)
-    record = None
-    if args.resume:
-        # A resumed sweep is the same sweep: its space and overrides come from the record, not from this call.
-        name = resolve_experiment_name(args, stem or Path(label).stem, storage)
-        record = cluster.read_record(f"{storage}/{name}/sweep.json")
-        original = parse(record["argv"])
-        space = load(original)
-        tracking_uri = record["tracking_uri"]
-    else:
-        original = args
-        space = load(args)
-        name = resolve_experiment_name(args, space.name, storage)
-        tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
+def plan(args: argparse.Namespace, load: Callable[[argparse.Namespace], spaces.SweepSpace]) -> executor.Plan:
+    """The sweep that ``load(args)`` describes (a space file, or ``orchestrator.rl``'s one-trial space), validated."""
+    space = load(args)
     spec = registry.get(space.trainable)
     base_config = space.validate(spec)
-    resources = runner.TrialResources(
-        num_workers=original.workers, cpus=original.cpus_per_trial, gpus=original.gpus_per_trial
-    )
-    tracking.check_reachable(tracking_uri)
-    held = runner.describe_resources(spec.name, resources, base_config)
+    resources = runner.TrialResources(num_workers=args.workers, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
 
-    # 2. Ray, then the parent run, then Tune.
-    where = cluster.connect(args.address, num_cpus=args.num_cpus)
-    if where == cluster.EMBEDDED:
-        runner.check_fits_local(spec.name, resources, base_config)
-    if (args.address or "ray://" in where) and not cluster.is_shared(storage):
-        print(f"warning: storage {storage} is local to this node; a multi-node cluster needs s3:// or NFS",
-              file=sys.stderr)
-    print(f"sweep '{space.name}': {space.num_trials()} trial(s) of '{spec.name}' on {where}; "
-          f"{held}; MLflow {tracking_uri}; storage {storage}/{name}")
+    def setup(tracker: tracking.SweepTracker, folder: str) -> executor.TuneSetup:
+        from ray import tune
 
-    tracker = tracking.SweepTracker(tracking_uri, record["mlflow_experiment"] if record else (
-        args.experiment or space.name))
-    if record:
-        tracker.reopen_parent(record["parent_run_id"])
-    else:
-        tags = {"trainable": spec.name, "search_space": space.name, "ray.experiment": f"{storage}/{name}",
-                "command": f"{prog} {shlex.join(argv)}",
-                "resources": held}
-        tracker.start_recorded_parent(name, {**space.fixed, "space": space.name, "metric": space.metric,
-                                             "mode": space.mode}, tags,
-                                      record_path=f"{storage}/{name}/sweep.json", argv=argv)
+        tags = {"trainable": spec.name, "search_space": space.name}
+        commit = tracking.git_commit()
+        if commit:
+            tags["mlflow.source.git.commit"] = commit
+        return executor.TuneSetup(
+            param_space=space.param_space(base_config),
+            tune_config=tune.TuneConfig(
+                metric=space.metric, mode=space.mode, num_samples=space.samples,
+                max_concurrent_trials=args.max_concurrent or None, scheduler=make_scheduler(space, base_config, spec),
+                # A trial process is reused by the next trial of the same resources: saves the ~2 s start of a
+                # fresh process (and its torch import) per trial; bench/trial_overhead.py measures it.
+                reuse_actors=True,
+            ),
+            callback=tracking.MlflowTrialCallback(tracker, tags=tags, swept_keys=space.swept_keys()),
+        )
 
-    def report(results: Any) -> None:
+    def report(results: Any, tracker: tracking.SweepTracker, folder: str) -> None:
         table = results_table(results, space)
         print_table(table, space, args.top)
         log_summary(tracker, table, space)
 
-    def fit() -> Any:  # built inside run_tune, so a failed restore also closes the parent run
-        return build_tuner(space, spec.name, base_config, resources, tracker, storage, name, original,
-                           resume=bool(record)).fit()
-
-    resume = f"{prog} {label} --resume --name {name}" + (
-        f" --storage {storage}" if args.storage else "")
-    return cli.run_tune(tracker, fit, report, space.num_trials(), resume)
-
-
-def build_tuner(space: spaces.SweepSpace, trainable: str, base_config: dict[str, Any],
-                resources: runner.TrialResources, tracker: tracking.SweepTracker, storage: str, name: str,
-                args: argparse.Namespace, *, resume: bool) -> Any:
-    from ray import tune
-
-    trainable_fn = runner.make_trainable(trainable, resources, storage_path=storage, experiment_name=name)
-    if resume:
-        # The callback (with the parent run id) comes back with the experiment's pickled RunConfig.
-        return tune.Tuner.restore(f"{storage}/{name}", trainable=trainable_fn, resume_unfinished=True,
-                                  resume_errored=True)
-    tags = {"trainable": trainable, "search_space": space.name}
-    commit = tracking.git_commit()
-    if commit:
-        tags["mlflow.source.git.commit"] = commit
-    callback = tracking.MlflowTrialCallback(tracker, tags=tags, swept_keys=space.swept_keys())
-    return tune.Tuner(
-        trainable_fn,
-        param_space=space.param_space(base_config),
-        tune_config=tune.TuneConfig(
-            metric=space.metric,
-            mode=space.mode,
-            num_samples=space.samples,
-            max_concurrent_trials=args.max_concurrent or None,
-            scheduler=make_scheduler(space, base_config),
-            # A trial process is reused by the next trial of the same resources: saves the ~2 s start of a fresh
-            # process (and its torch import) per trial; bench/trial_overhead.py measures it.
-            reuse_actors=True,
-        ),
-        run_config=tune.RunConfig(
-            name=name,
-            storage_path=storage,
-            callbacks=[callback],
-            failure_config=tune.FailureConfig(max_failures=args.max_failures),
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
-        ),
+    return executor.Plan(
+        name_prefix=space.name, spec=spec, base_config=base_config, resources=resources,
+        num_trials=space.num_trials(), mlflow_experiment=args.experiment or space.name,
+        headline=f"sweep '{space.name}': {space.num_trials()} trial(s) of '{spec.name}'",
+        params={**space.fixed, "space": space.name, "metric": space.metric, "mode": space.mode},
+        tags={"search_space": space.name}, setup=setup, report=report, max_failures=args.max_failures,
     )
 
 
-def make_scheduler(space: spaces.SweepSpace, base_config: dict[str, Any]) -> Any:
-    """ASHA stops trials whose metric trails at the rungs (grace_period, grace_period * eta, ...) epochs."""
+def make_scheduler(space: spaces.SweepSpace, base_config: dict[str, Any],
+                   spec: registry.TrainableSpec | None = None) -> Any:
+    """ASHA stops trials whose metric trails at the rungs (grace_period, grace_period * eta, ...), counted in the
+    trainable's declared budget (epochs; frames for DQN) up to the config's budget."""
     if space.scheduler["type"] == "none":
         return None
     from ray.tune.schedulers import ASHAScheduler
 
+    budget_key, reported = (spec or registry.get(space.trainable)).budget
     return ASHAScheduler(
-        time_attr="training_iteration",
-        max_t=int(base_config.get("epochs", 100)),
-        grace_period=int(space.scheduler.get("grace_period", 1)),
+        time_attr=reported,
+        max_t=base_config[budget_key],
+        grace_period=space.scheduler.get("grace_period", 1),
         reduction_factor=float(space.scheduler.get("reduction_factor", 2)),
     )
 
 
 def results_table(results: Any, space: spaces.SweepSpace) -> Any:
-    """One row per trial: swept values, the metric's last value, epochs reached, status; best first."""
+    """One row per trial: swept values, the metric's last value, the budget reached, status; best first by the
+    metric's declared direction."""
     import pandas as pd
 
+    spec = registry.get(space.trainable)
+    mode = space.mode or spec.mode(space.metric)
+    reached = spec.budget[1]  # the reported metric that counts up to the budget (epoch, env_frames, ...)
     rows = []
     for result in results:
         metrics, config = result.metrics or {}, result.config or {}
         row = {"trial_id": metrics.get("trial_id") or Path(result.path).name}
         row.update({key: config.get(key) for key in space.swept_keys()})
         row[space.metric] = metrics.get(space.metric)
-        # Supervised trainables report once per epoch; RL ones once per algorithm iteration.
-        rounds = "epochs" if "epochs" in config else "iterations"
-        row[rounds] = metrics.get("training_iteration")
-        if result.error:
-            row["status"] = "ERROR"
-        elif row[rounds] is not None and row[rounds] >= config.get("epochs", 0):
-            row["status"] = "OK"
-        else:
-            row["status"] = "partial"  # stopped early by the scheduler, or cut off by an interrupt
+        row[reached] = metrics.get(reached)
+        row["status"] = executor.completion_status(spec, result)
         rows.append(row)
     table = pd.DataFrame(rows)
     if not table.empty:
-        table = table.sort_values(space.metric, ascending=space.mode == "min", na_position="last")
+        table = table.sort_values(space.metric, ascending=mode == "min", na_position="last", kind="stable")
     return table.reset_index(drop=True)
 
 
@@ -229,17 +162,18 @@ def print_table(table: Any, space: spaces.SweepSpace, top: int) -> None:
     for column in table.columns:
         best.add_column(str(column), justify="right" if column != "trial_id" else "left")
     for _, row in table.head(top).iterrows():
-        best.add_row(*(_fmt(v) for v in row))
+        best.add_row(*(fmt_number(v) for v in row))
     console.print(best)
     grouping = [k for k in space.swept_keys() if k != "seed"]
     if space.seeds > 1 and grouping and not table.empty:
-        grouped = table.groupby(grouping, dropna=False)[space.metric].agg(["mean", "std", "count"]).reset_index()
-        grouped = grouped.sort_values("mean", ascending=space.mode == "min")
-        over_seeds = Table(title=f"{space.metric} over {space.seeds} seeds")
-        for column in [*grouping, "mean", "std", "n"]:
+        grouped = stats.group_summary(table, grouping, space.metric)
+        grouped = grouped.sort_values("mean", ascending=space.mode == "min", kind="stable")
+        over_seeds = Table(title=f"{space.metric} over {space.seeds} seeds (95% t-interval)")
+        columns = [*grouping, "mean", "std", "n", "ci_low", "ci_high"]
+        for column in columns:
             over_seeds.add_column(column, justify="right")
-        for _, row in grouped.iterrows():
-            over_seeds.add_row(*(_fmt(v) for v in row))
+        for _, row in grouped[columns].iterrows():
+            over_seeds.add_row(*(fmt_number(v) for v in row))
         console.print(over_seeds)
 
 
@@ -251,7 +185,7 @@ def log_summary(tracker: tracking.SweepTracker, table: Any, space: spaces.SweepS
         return
     best = table.iloc[0]
     client = tracker.client
-    if best[space.metric] is not None:
+    if best[space.metric] is not None and best[space.metric] == best[space.metric]:  # not None, not NaN
         client.log_metric(tracker.parent_run_id, f"best_{space.metric}", float(best[space.metric]))
     client.set_tag(tracker.parent_run_id, "best_trial_id", str(best["trial_id"]))
     client.set_tag(tracker.parent_run_id, "best_config",
@@ -267,10 +201,12 @@ def print_catalogue() -> None:
     from rich.table import Table
 
     trainables = Table(title="registered trainables")
-    trainables.add_column("name")
-    trainables.add_column("description")
-    for name in registry.names():
-        trainables.add_row(name, registry.get(name).description)
+    for column in ("name", "ranks by", "budget", "description"):
+        trainables.add_column(column)
+    for name in registry.names():  # loads every trainable (RLlib's algorithms too): the one command that must
+        spec = registry.get(name)
+        ranks = f"{spec.primary} ({spec.mode(spec.primary)})" if spec.primary else ""
+        trainables.add_row(name, ranks, spec.budget[0], spec.description)
     available = Table(title="search spaces (search_spaces/)")
     for column in ("name", "trainable", "trials", "description"):
         available.add_column(column)
@@ -282,11 +218,9 @@ def print_catalogue() -> None:
 
 def load_sweep_space(args: argparse.Namespace) -> spaces.SweepSpace:
     """The space file with this command line's --set / --seeds / --samples / --scheduler applied."""
-    overrides = spaces.parse_overrides(args.set)
-    if overrides.get("data_dir"):
-        # Trials run in other working directories (and on other nodes): make a local path absolute here.
-        overrides["data_dir"] = str(Path(overrides["data_dir"]).expanduser().resolve())
-    return apply_run_flags(spaces.load_space(args.space).with_overrides(overrides), args)
+    space = spaces.load_space(args.space)
+    overrides = spaces.absolute_paths(spaces.parse_overrides(args.set), registry.get(space.trainable))
+    return apply_run_flags(space.with_overrides(overrides), args)
 
 
 def apply_run_flags(space: spaces.SweepSpace, args: argparse.Namespace) -> spaces.SweepSpace:
@@ -300,29 +234,10 @@ def apply_run_flags(space: spaces.SweepSpace, args: argparse.Namespace) -> space
     return space
 
 
-def resolve_experiment_name(args: argparse.Namespace, space_name: str, storage: str) -> str:
-    if args.name:
-        return args.name
-    if not args.resume:
-        return f"{space_name}-{dt.datetime.now().strftime('%Y%m%d-%H%M%S')}"
-    root = Path(storage)
-    candidates = sorted(p.name for p in root.glob(f"{space_name}-*") if (p / "sweep.json").is_file()) \
-        if "://" not in storage else []
-    if not candidates:
-        raise cli.UserError(f"nothing to resume: no '{space_name}-*' sweep under {storage} (give --name)")
-    return candidates[-1]
-
-
 def _positive(value: int, flag: str) -> int:
     if value < 1:
         raise cli.UserError(f"{flag} must be >= 1, got {value}")
     return value
-
-
-def _fmt(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.4g}"
-    return "" if value is None else str(value)
 
 
 def _plain(value: Any) -> Any:

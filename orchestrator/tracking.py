@@ -7,9 +7,11 @@ nests them under the sweep.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -138,6 +140,17 @@ class SweepTracker:
         self.parent_run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
 
+    def cut_off_children(self) -> int:
+        """How many child runs ended KILLED: trials an interrupt cut off (Tune itself does not say; see
+        :meth:`MlflowTrialCallback.on_experiment_end`). A resume reopens them."""
+        if self.parent_run_id is None:
+            return 0
+        runs = self.client.search_runs(
+            [self.experiment_id()], max_results=1,
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.status = 'KILLED'",
+        )
+        return len(runs)
+
     def end_parent(self, status: str) -> None:
         if self.parent_run_id:
             self.client.set_terminated(self.parent_run_id, status=status)
@@ -208,18 +221,20 @@ class MlflowTrialCallback(Callback):
         ]
         self.tracker.client.log_batch(self.run_id(trial), metrics=metrics)
 
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        # Where the trial's latest checkpoint is (play/compare can find it from MLflow). Tune calls this while it
+        # registers the checkpoint, in the same step: from here on a resume continues from it (interrupt tests wait
+        # for this tag; the metrics of a report reach MLflow before its checkpoint is registered).
+        self.tracker.client.set_tag(self.run_id(trial), "checkpoint", str(checkpoint.path))
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        run_id = self.run_id(trial)
-        self._log_artifacts(run_id, trial)
-        self._close(run_id, "FINISHED")
+        self._finish(self.run_id(trial), trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         error = _trial_error_text(trial)
         self.tracker.client.set_tag(run_id, "error", error[-4000:])
-        self._log_artifacts(run_id, trial)
-        self._close(run_id, "FAILED")
-        self.failed.append(trial.trial_id)
+        self._finish(run_id, trial, "FAILED")
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         # A run Tune never announced as complete or errored was cut off by an interrupt: it must not stay RUNNING.
@@ -236,6 +251,22 @@ class MlflowTrialCallback(Callback):
                 self._close(run_id, "KILLED")
 
     # -- helpers -------------------------------------------------------------------------------------------------
+    def _finish(self, run_id: str, trial: Any, status: str) -> None:
+        """Upload the trial's artifacts and end its run with ``status``. A failed upload (disk full, store gone,
+        permissions) ends the run FAILED with the reason in its ``error`` tag: its record is incomplete, and an
+        exception here would leave the run RUNNING (or KILLED at the experiment's end). The sweep goes on."""
+        try:
+            self._log_artifacts(run_id, trial)
+        except Exception as err:  # noqa: BLE001 (whatever the artifact store raises, the run must be closed)
+            status = "FAILED"
+            message = f"artifact upload failed: {type(err).__name__}: {err}"
+            print(f"warning: trial {trial.trial_id}: {message}", file=sys.stderr)
+            with contextlib.suppress(Exception):  # the tag is a courtesy; closing the run is what matters
+                self.tracker.client.set_tag(run_id, "error", message[-4000:])
+        self._close(run_id, status)
+        if status == "FAILED":
+            self.failed.append(trial.trial_id)
+
     def _close(self, run_id: str, status: str) -> None:
         self.tracker.client.set_terminated(run_id, status=status)
         self._closed.add(run_id)

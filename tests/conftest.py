@@ -5,7 +5,10 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import time
+from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -40,3 +43,52 @@ def run_cli(module: str, args: list[str], cwd: Path, timeout: float = 600) -> su
         [sys.executable, "-m", module, *args], cwd=cwd, env=cli_env(cwd), capture_output=True, text=True,
         timeout=timeout,
     )
+
+
+def start_gated_cli(module: str, args: list[str], cwd: Path) -> subprocess.Popen:
+    """``python -m module args`` with the test-only trainables of :mod:`tests.gated` registered, in the background."""
+    return subprocess.Popen([sys.executable, "-m", "tests.gated", module, *args], cwd=cwd, env=cli_env(cwd),
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def run_gated_cli(module: str, args: list[str], cwd: Path, timeout: float = 600) -> subprocess.CompletedProcess:
+    """:func:`run_cli` with the test-only trainables of :mod:`tests.gated` registered."""
+    return subprocess.run([sys.executable, "-m", "tests.gated", module, *args], cwd=cwd, env=cli_env(cwd),
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def wait_until(condition: Callable[[], Any], what: str, process: subprocess.Popen, timeout: float = 300) -> Any:
+    """Poll ``condition()`` until it returns something truthy (returned); fail if ``process`` ends first or after
+    ``timeout`` seconds (a generous bound on a hang, not a timing assumption)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            value = condition()
+        except Exception:  # noqa: BLE001 (the MLflow store may not exist yet)
+            value = None
+        if value:
+            return value
+        if process.poll() is not None:
+            _, err = process.communicate()
+            pytest.fail(f"the command ended (exit {process.returncode}) before {what}: {err[-3000:]}")
+        time.sleep(0.2)
+    process.kill()
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture
+def registered() -> Iterator[Callable[..., Any]]:
+    """``registered(name, train_fn, **register_kwargs)`` registers a test-only trainable for one test; every one is
+    unregistered afterwards."""
+    from trainables import registry
+
+    names: list[str] = []
+
+    def add(name: str, train: Callable[..., None], **kwargs: Any) -> Any:
+        registry.register(name, **kwargs)(train)
+        names.append(name)
+        return registry.get(name)
+
+    yield add
+    for name in names:
+        registry.unregister(name)

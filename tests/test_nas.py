@@ -3,12 +3,10 @@ latency measurement and its cache, and a tiny search through ``python -m orchest
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import math
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -17,7 +15,8 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.searchers import SEARCHERS, make_searcher, reward
 from orchestrator.searchers.controller import Controller
-from tests.conftest import cli_env, run_cli
+from tests.conftest import run_cli, run_gated_cli, start_gated_cli, wait_until
+from trainables import registry
 from trainables.latency import LatencyCache, cached_latency, measure_latency
 from trainables.nas_spaces import count_macs, count_params, get_space
 from trainables.registry import ConfigError
@@ -138,6 +137,15 @@ def test_save_restore_continues_with_identical_suggestions(kind: str, tmp_path: 
     assert [r["reward"] for r in restored.history] == [r["reward"] for r in searcher.history]
 
 
+def test_searcher_writes_the_keys_the_child_declares() -> None:
+    """The searcher knows the child only through its registered declaration: other key names, other config."""
+    declared = registry.tool("architecture_search")
+    renamed = dataclasses.replace(declared, tokens_key="genes", index_key="n", arch_key="readable")
+    config = make_searcher("random", "zoph", {"epochs": 3}, trials=1, num_blocks=2, search=renamed).suggest("a")
+    assert set(config) == {"epochs", "space", "num_blocks", "genes", "n", "readable"}
+    assert config["readable"] == declared.get_space("zoph", 2).describe(config["genes"]) and config["n"] == 0
+
+
 def test_searcher_respects_the_budget() -> None:
     searcher = make_searcher("random", "zoph", {}, trials=2, num_blocks=3)
     assert searcher.suggest("a")["arch"] and searcher.suggest("b")["trial_index"] == 1
@@ -149,7 +157,7 @@ def test_searcher_respects_the_budget() -> None:
 def test_latency_measurement_and_cache(tmp_path: Path) -> None:
     model = get_space("mnasnet", 2).build([0] * 12, (1, 28, 28), 10)
     measured = measure_latency(model, (1, 28, 28), warmup=2, repeats=7)
-    assert measured["latency_ms"] > 0 and measured["latency_iqr_ms"] >= 0 and measured["latency_cv"] >= 0
+    assert {"latency_ms", "latency_iqr_ms", "latency_cv"} <= set(measured)
     cache = LatencyCache(tmp_path / "cache.json")
     kwargs = {"batch": 1, "warmup": 1, "repeats": 5, "threads": 1, "device": "cpu"}
     first = cached_latency(cache, "arch-a", model, (1, 28, 28), **kwargs)
@@ -178,7 +186,8 @@ def test_tiny_search_through_the_cli_writes_nested_runs(tmp_path: Path, ray_addr
         tokens = [int(t) for t in run.data.params["tokens"].strip("[]").split(",")]
         assert run.data.params["arch"] == space.describe(tokens) == run.data.tags["arch"]
         m = run.data.metrics
-        assert m["latency_ms"] > 0 and m["params"] > 0 and m["macs"] > 0
+        child = space.build(tokens, (1, 28, 28), 10)
+        assert (m["params"], m["macs"]) == (count_params(child), count_macs(child, (1, 28, 28)))
         assert m["reward"] == pytest.approx(reward(m["val_accuracy"], m["latency_ms"], 0.5, "soft"))
     assert parent.data.metrics["best_reward"] == pytest.approx(max(r.data.metrics["reward"] for r in children))
     artifacts = {a.path for a in client.list_artifacts(parent.info.run_id)}
@@ -186,15 +195,14 @@ def test_tiny_search_through_the_cli_writes_nested_runs(tmp_path: Path, ray_addr
 
 
 def test_interrupted_search_resumes_the_same_search(tmp_path: Path, ray_address: str) -> None:
-    """Ctrl-C after two children, then --resume: the search ends with exactly --trials children, each trial index
-    once, and the children finished before the interrupt are not trained again."""
-    # Children of ~2 s each (a reused trial process starts the next one in well under a second), so the interrupt
-    # lands mid-search.
-    args = ["--trials", "6", "--blocks", "1", "--controller", "reinforce", "--max-concurrent", "1",
-            "--epochs-per-child", "2", "--address", ray_address,
-            "--set", "limit_train_batches=15", "batch_size=32", "latency_repeats=3", "latency_warmup=1"]
-    process = subprocess.Popen([sys.executable, "-m", "orchestrator.nas", *args], cwd=tmp_path,
-                               env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    """Ctrl-C while the third child is held after its first epoch (it waits on a file: no timing), then --resume:
+    the search ends with exactly --trials children, each trial index once, the children finished before the
+    interrupt are not trained again and the held one continues from its checkpoint."""
+    gate = tmp_path / "gate"
+    args = ["--trainable", "gated_nas_child", "--trials", "6", "--blocks", "1", "--controller", "reinforce",
+            "--max-concurrent", "1", "--epochs-per-child", "2", "--address", ray_address,
+            "--set", f"gate={gate}", "hold_at=2"]
+    process = start_gated_cli("orchestrator.nas", args, tmp_path)
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def children() -> list:
@@ -202,27 +210,27 @@ def test_interrupted_search_resumes_the_same_search(tmp_path: Path, ray_address:
         runs = client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
         return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
 
-    deadline, finished_before = time.time() + 300, {}
-    while time.time() < deadline and process.poll() is None and len(finished_before) < 2:
-        time.sleep(0.5)
-        try:
-            finished_before = {r.info.run_id: r.info.end_time for r in children() if r.info.status == "FINISHED"}
-        except Exception:  # noqa: BLE001 (the store is still being created)
-            continue
-    assert process.poll() is None, "the search ended before it could be interrupted"
+    wait_until(lambda: any(r.data.params["trial_index"] == "2" and "checkpoint" in r.data.tags for r in children()),
+               "the held child's first checkpoint", process)
     process.send_signal(signal.SIGINT)
     _, err = process.communicate(timeout=120)
     assert process.returncode == 130 and "--resume" in err, err[-3000:]
-    finished_before = {r.info.run_id: r.info.end_time for r in children() if r.info.status == "FINISHED"}
-    assert 2 <= len(finished_before) < 6
+    before = children()
+    assert {r.data.params["trial_index"]: r.info.status for r in before} == {"0": "FINISHED", "1": "FINISHED",
+                                                                            "2": "KILLED"}
+    finished_before = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
 
-    result = run_cli("orchestrator.nas", ["--resume", "--address", ray_address], tmp_path, timeout=400)
+    gate.write_text("open")
+    result = run_gated_cli("orchestrator.nas", ["--resume", "--address", ray_address], tmp_path, timeout=400)
     assert result.returncode == 0, result.stderr[-3000:]
     after = children()
     assert len(after) == 6 and all(r.info.status == "FINISHED" for r in after)
     assert sorted(int(r.data.params["trial_index"]) for r in after) == list(range(6))
     for run_id, end_time in finished_before.items():
         assert client.get_run(run_id).info.end_time == end_time
+    for run in after:
+        epochs = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert epochs == [(1, 1.0), (2, 2.0)], f"child {run.data.params['trial_index']} reported {epochs}"
 
 
 @pytest.mark.parametrize(

@@ -9,18 +9,14 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator import sweep
 from tests.test_sweep_cli import child_runs
+from trainables import registry
 from trainables.context import Context
-from trainables.classification import fit_classifier
-from trainables.loop import load_data
-from trainables.registry import register
-from trainables.resnet import RESNET_DEFAULTS, build_resnet
 
 
 class CrashOnceError(RuntimeError):
     pass
 
 
-@register("crash_once_resnet", defaults={**RESNET_DEFAULTS, "marker": ""})
 def crash_once(config: dict[str, Any], ctx: Context) -> None:
     """The resnet trainable, but the process dies once right after its first epoch's checkpoint."""
     marker = Path(config["marker"])
@@ -33,15 +29,16 @@ def crash_once(config: dict[str, Any], ctx: Context) -> None:
                 raise CrashOnceError("simulated node loss after epoch 1")
 
     ctx.__class__ = CrashAfterFirstReport
-    data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: build_resnet(depth=config["depth"], num_classes=data.num_classes,
-                                                in_channels=data.input_shape[0]))
+    registry.get("resnet").train({k: v for k, v in config.items() if k != "marker"}, ctx)
 
 
-def test_retried_trial_continues_from_its_checkpoint(tmp_path: Path, ray_address: str) -> None:
+def test_retried_trial_continues_from_its_checkpoint(tmp_path: Path, ray_address: str, registered) -> None:
+    resnet = registry.get("resnet")
+    registered("crash_once_resnet", crash_once, defaults={**resnet.defaults, "marker": ""}, metrics=resnet.metrics,
+               primary=resnet.primary)
     space = tmp_path / "crash.yaml"
     space.write_text(
-        "trainable: crash_once_resnet\nmetric: val_error\nmode: min\n"
+        "trainable: crash_once_resnet\nmetric: val_error\n"
         f"config: {{depth: 8, epochs: 3, limit_train_batches: 2, batch_size: 32, marker: '{tmp_path / 'marker'}'}}\n"
     )
     store = tmp_path / "mlflow.db"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -80,7 +82,7 @@ def test_set_override_pins_a_searched_key() -> None:
 
 def test_grid_value_out_of_range_is_caught_before_running(tmp_path: Path) -> None:
     path = tmp_path / "bad.yaml"
-    path.write_text("trainable: resnet\nmetric: val_error\nmode: min\nspace:\n  p_L: {grid: [0.5, 1.5]}\n")
+    path.write_text("trainable: resnet\nspace:\n  p_L: {grid: [0.5, 1.5]}\n")
     space = spaces.load_space(str(path))
     with pytest.raises(ConfigError, match=r"p_L=1.5"):
         space.validate(registry.get("resnet"))
@@ -126,3 +128,67 @@ def test_asha_scheduler_from_space_or_flag() -> None:
     scheduler = make_scheduler(space, base)
     assert isinstance(scheduler, ASHAScheduler)
     assert scheduler._max_t == base["epochs"] and scheduler._reduction_factor == 3
+
+
+def test_get_imports_only_the_trainables_module() -> None:
+    """Lazy discovery: resnet's module and what it imports, never RLlib or the other methods."""
+    code = ("import sys; from trainables import registry; registry.get('resnet'); "
+            "print(sorted(m for m in sys.modules if m.startswith(('ray', 'trainables.rl', 'trainables.swapout'))))")
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True,
+                         cwd=Path(__file__).resolve().parents[1])
+    assert out.stdout.strip() == "[]", out.stdout
+
+
+def test_the_table_of_modules_matches_what_the_modules_register() -> None:
+    """Every shipped trainable is in the name -> module table, under the module that registers it; every tool too."""
+    registry.discover_all()
+    registered = {name: spec for name, spec in registry._REGISTRY.items() if name in registry.TRAINABLE_MODULES}
+    assert set(registered) == set(registry.TRAINABLE_MODULES)
+    for name, spec in registered.items():
+        assert spec.train.__module__.startswith(registry.TRAINABLE_MODULES[name]), name
+    for tool, module in registry.TOOL_MODULES.items():
+        assert any(tool in spec.tools and spec.train.__module__.startswith(module) for spec in registered.values())
+
+
+def test_every_shipped_trainable_declares_what_the_orchestrator_reads() -> None:
+    for name in registry.TRAINABLE_MODULES:
+        spec = registry.get(name)
+        assert spec.primary in spec.metrics and not spec.primary.startswith("test_"), name
+        assert spec.budget[0] in spec.defaults, name
+
+
+def test_declarations_are_checked_and_test_trainables_come_and_go(registered) -> None:
+    class BadInputError(Exception):
+        pass
+
+    spec = registered("declared", lambda config, ctx: None, defaults={"steps": 10, "seed": 0},
+                      metrics={"psnr": "max", "val_loss": "min"}, primary="psnr", budget=("steps", "step"),
+                      flags={"--steps": "steps"}, user_errors=(BadInputError,))
+    assert "declared" in registry.names() and BadInputError in registry.user_error_types()
+    assert (spec.mode("psnr"), spec.mode("val_loss")) == ("max", "min")
+    with pytest.raises(ConfigError, match=r"declares no metric 'accuracy'; declared: psnr \(max\), val_loss \(min\)"):
+        spec.mode("accuracy")
+    assert not spec.is_complete({"steps": 10}, {"step": 9}) and spec.is_complete({"steps": 10}, {"step": 10})
+    assert not spec.is_complete({"steps": 10}, {"epoch": 10})  # the declared counter, not another one
+    for bad, message in (({"primary": "test_psnr"}, "primary metric"), ({"metrics": {"psnr": "up"}}, "'min' or"),
+                         ({"budget": ("epochs", "epoch")}, "budget key"), ({"flags": {"--x": "x"}}, "flags name")):
+        kwargs = {"defaults": {"steps": 1}, "metrics": {"psnr": "max"}, **bad}
+        with pytest.raises(ValueError, match=message):
+            registry.register("bad", **kwargs)
+    registry.unregister("declared")
+    assert "declared" not in registry.names() and BadInputError not in registry.user_error_types()
+
+
+def test_a_space_takes_its_direction_from_the_declaration(tmp_path: Path) -> None:
+    path = tmp_path / "space.yaml"
+    path.write_text("trainable: resnet\nspace:\n  p_L: {grid: [0.5, 1.0]}\n")
+    space = spaces.load_space(str(path))
+    space.validate(registry.get("resnet"))
+    assert (space.metric, space.mode) == ("val_error", "min")  # resnet's primary metric and its direction
+    path.write_text("trainable: resnet\nmetric: val_accuracy\nmode: min\n")
+    with pytest.raises(ConfigError, match="mode min contradicts trainable 'resnet', whose val_accuracy is better "
+                                          "when higher"):
+        spaces.load_space(str(path)).validate(registry.get("resnet"))
+    path.write_text("trainable: resnet\nmetric: accuracy\n")
+    with pytest.raises(ConfigError, match="declares no metric 'accuracy'"):
+        spaces.load_space(str(path)).validate(registry.get("resnet"))

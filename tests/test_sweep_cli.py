@@ -1,19 +1,19 @@
 """`python -m orchestrator.sweep` end to end: a real sweep into MLflow, resume after an interrupt, bad input,
-and a two-worker DDP trial through Ray Train."""
+a two-worker DDP trial through Ray Train; and the final table's ranking and completion status."""
 
 from __future__ import annotations
 
 import re
 import signal
-import subprocess
-import sys
-import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from tests.conftest import cli_env, run_cli
+from orchestrator import spaces, sweep
+from tests.conftest import run_cli, run_gated_cli, start_gated_cli, wait_until
+from trainables import registry
 
 TINY = ["--set", "epochs=2", "depth=8", "limit_train_batches=2", "batch_size=32"]
 
@@ -55,51 +55,99 @@ def test_sd_rates_sweep_through_the_cli(tmp_path: Path, ray_address: str) -> Non
     assert parent.data.tags["best_trial_id"] in tied
 
 
-@pytest.mark.slow
+def _held_space(tmp_path: Path, gate: Path) -> Path:
+    """Four trials of the test trainable ``gated``, one at a time; the third (x=2) is held after its first epoch."""
+    path = tmp_path / "held.yaml"
+    path.write_text(f"trainable: gated\nconfig: {{epochs: 2, hold_x: 2, gate: '{gate}'}}\n"
+                    "space:\n  x: {grid: [0, 1, 2, 3]}\n")
+    return path
+
+
 def test_interrupted_sweep_resumes_without_rerunning_trials(tmp_path: Path, ray_address: str) -> None:
-    args = ["sd_rates", "--seeds", "1", "--max-concurrent", "1", "--address", ray_address, *TINY]
-    process = subprocess.Popen([sys.executable, "-m", "orchestrator.sweep", *args], cwd=tmp_path,
-                               env=cli_env(tmp_path), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    store = tmp_path / "mlflow.db"
-    deadline = time.time() + 300
-    finished_before: dict[str, int] = {}
-    while time.time() < deadline and process.poll() is None:
-        time.sleep(2)
-        if store.exists():
-            try:
-                _, children = child_runs(store, "sd_rates")
-            except Exception:  # the store is still being created
-                continue
-            finished_before = {r.info.run_id: r.info.end_time for r in children if r.info.status == "FINISHED"}
-            if len(finished_before) >= 2:
-                break
-    assert process.poll() is None, "the sweep ended before it could be interrupted"
+    """Ctrl-C while the third trial is held after its first epoch (no timing: it waits on a file), then --resume:
+    the finished trials are not run again, the held one continues from its epoch-1 checkpoint."""
+    gate, store = tmp_path / "gate", tmp_path / "mlflow.db"
+    space = _held_space(tmp_path, gate)
+    process = start_gated_cli("orchestrator.sweep", [str(space), "--max-concurrent", "1", "--address", ray_address],
+                              tmp_path)
+
+    def held_trial_checkpointed() -> bool:  # its first report's checkpoint is registered: a resume continues it
+        _, children = child_runs(store, "held")
+        return any(r.data.params["x"] == "2" and "checkpoint" in r.data.tags for r in children)
+
+    wait_until(held_trial_checkpointed, "the held trial's first checkpoint", process)
     process.send_signal(signal.SIGINT)  # a user's Ctrl-C
     out, err = process.communicate(timeout=120)
     assert process.returncode == 130, err[-3000:]
-    assert "--resume" in err
-    parent, children = child_runs(store, "sd_rates")
+    resume = re.search(r"continue with: (.*)", err).group(1).split()
+    parent, children = child_runs(store, "held")
     assert parent.info.status == "KILLED"
-    assert all(r.info.status in ("FINISHED", "KILLED") for r in children)  # nothing left RUNNING
+    assert {r.data.params["x"]: r.info.status for r in children} == {"0": "FINISHED", "1": "FINISHED",
+                                                                     "2": "KILLED"}  # nothing left RUNNING
+    # The interrupted run's table says the held trial did not reach its budget.
+    assert re.search(r"│\s*2\s*│\s*1\.2\s*│\s*1\s*│\s*partial", out), out[-2000:]
     finished_before = {r.info.run_id: r.info.end_time for r in children if r.info.status == "FINISHED"}
-    assert 2 <= len(finished_before) < 8
 
-    result = run_cli("orchestrator.sweep", ["sd_rates", "--resume", "--address", ray_address], tmp_path)
+    gate.write_text("open")
+    assert resume[:3] == ["python", "-m", "orchestrator.sweep"]
+    result = run_gated_cli("orchestrator.sweep", [*resume[3:], "--address", ray_address], tmp_path)
     assert result.returncode == 0, result.stderr[-3000:]
-    parent, children = child_runs(store, "sd_rates")
-    assert parent.info.status == "FINISHED" and len(children) == 8
+    parent, children = child_runs(store, "held")
+    assert parent.info.status == "FINISHED" and len(children) == 4
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
     for run in children:
         assert run.info.status == "FINISHED"
-        steps = [m.step for m in client.get_metric_history(run.info.run_id, "val_error")]
-        assert steps == [1, 2], f"trial {run.data.tags['ray.trial_id']} reported epochs {steps}"
+        epochs = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch")]
+        assert epochs == [(1, 1.0), (2, 2.0)], f"x={run.data.params['x']} reported {epochs}"
     for run_id, end_time in finished_before.items():  # finished trials were not run again
         assert client.get_run(run_id).info.end_time == end_time
+
+
+def _result(trial_id: str, config: dict, **metrics: float) -> SimpleNamespace:
+    """What a Tune ``Result`` offers the final table."""
+    return SimpleNamespace(metrics={"trial_id": trial_id, **metrics}, config=config, error=None,
+                           path=f"/results/{trial_id}")
+
+
+def test_an_interrupted_rl_trial_is_partial_not_ok() -> None:
+    """The final table's completion check uses the declared budget (DQN: frames, counted by env_frames); it used to
+    look for an ``epochs`` key and called every RL trial OK."""
+    space = spaces.SweepSpace(name="dqn_two", path=Path("dqn_two.yaml"), trainable="dqn", metric="eval_return_mean",
+                              mode="max")
+    table = sweep.results_table([
+        _result("cut", {"frames": 1000}, eval_return_mean=20.0, env_frames=400, training_iteration=2),
+        _result("done", {"frames": 1000}, eval_return_mean=10.0, env_frames=1000, training_iteration=5),
+    ], space)
+    assert list(zip(table["trial_id"], table["status"], strict=True)) == [("cut", "partial"), ("done", "OK")]
+
+
+def test_final_table_ranks_by_the_declared_direction(tmp_path: Path, registered) -> None:
+    """A space file without ``mode`` ranks by the trainable's declared direction (val_error: lower first)."""
+    registered("ranked", lambda config, ctx: None, defaults={"epochs": 1, "seed": 0},
+               metrics={"val_error": "min", "val_accuracy": "max"}, primary="val_error")
+    path = tmp_path / "ranked.yaml"
+    path.write_text("trainable: ranked\n")
+    space = spaces.load_space(str(path))
+    space.validate(registry.get("ranked"))
+    assert (space.metric, space.mode) == ("val_error", "min")
+    table = sweep.results_table([_result("worse", {"epochs": 1}, val_error=0.3, epoch=1),
+                                 _result("better", {"epochs": 1}, val_error=0.1, epoch=1)], space)
+    assert list(table["trial_id"]) == ["better", "worse"]
+    space.metric, space.mode = "val_accuracy", None
+    table = sweep.results_table([_result("worse", {"epochs": 1}, val_accuracy=0.7, epoch=1),
+                                 _result("better", {"epochs": 1}, val_accuracy=0.9, epoch=1)], space)
+    assert list(table["trial_id"]) == ["better", "worse"]
 
 
 def _bad_space(tmp_path: Path) -> str:
     path = tmp_path / "bad_trainable.yaml"
     path.write_text("trainable: no_such_method\nmetric: val_error\nmode: min\n")
+    return str(path)
+
+
+def _contradicting_space(tmp_path: Path) -> str:
+    path = tmp_path / "contradicting.yaml"
+    path.write_text("trainable: resnet\nmetric: val_error\nmode: max\n")
     return str(path)
 
 
@@ -116,10 +164,12 @@ def _malformed_space(tmp_path: Path) -> str:
         (lambda tmp: ["sd_rates", "--set", "p_L=1.5"], "p_L=1.5 is out of range"),
         (lambda tmp: ["sd_rates", "--set", "no_such_key=1"], "no config key"),
         (lambda tmp: [_malformed_space(tmp)], "not valid YAML"),
+        (lambda tmp: [_contradicting_space(tmp)], "mode max contradicts trainable 'resnet'"),
         (lambda tmp: ["sd_rates", "--set", "dataset=cifar10", f"data_dir={tmp / 'missing'}"], "does not exist"),
         (lambda tmp: ["sd_rates", "--tracking-uri", "http://127.0.0.1:9"], "unreachable"),
     ],
-    ids=["unknown-trainable", "out-of-range", "unknown-key", "malformed-space", "missing-cifar", "no-server"],
+    ids=["unknown-trainable", "out-of-range", "unknown-key", "malformed-space", "contradicting-mode", "missing-cifar",
+         "no-server"],
 )
 def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path: Path, make_args, message: str) -> None:
     result = run_cli("orchestrator.sweep", make_args(tmp_path), tmp_path, timeout=120)
@@ -132,7 +182,6 @@ def test_bad_input_is_one_clear_error_and_writes_nothing(tmp_path: Path, make_ar
 def test_two_ddp_workers_keep_identical_replicas(tmp_path: Path, ray_address: str) -> None:
     """A trial with --workers 2 runs a Ray Train TorchTrainer (gloo); every epoch the ranks compare a hash of all
     their parameters, and stochastic depth (p_L=0.5) must not desynchronize them."""
-    from orchestrator import sweep
 
     args = ["sd_rates", "--seeds", "1", "--workers", "2", "--cpus-per-trial", "2", "--storage", str(tmp_path / "rr"),
             "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}", "--set", "p_L=0.5", "sd_schedule=linear",
@@ -143,24 +192,29 @@ def test_two_ddp_workers_keep_identical_replicas(tmp_path: Path, ray_address: st
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     in_sync = client.get_metric_history(children[0].info.run_id, "replicas_in_sync")
     assert [(m.step, m.value) for m in in_sync] == [(1, 1.0), (2, 1.0)]
-    losses = [m.value for m in client.get_metric_history(children[0].info.run_id, "train_loss")]
-    assert len(losses) == 2 and all(loss > 0 for loss in losses)
+    assert [m.step for m in client.get_metric_history(children[0].info.run_id, "train_loss")] == [1, 2]
     assert "checkpoint" in {a.path for a in client.list_artifacts(children[0].info.run_id)}
 
 
-def test_failed_trial_ends_failed_not_running(tmp_path: Path, ray_address: str) -> None:
-    """Files that exist but are corrupt pass the up-front check and fail inside the trial: its run is FAILED."""
-    from orchestrator import sweep
+class TrialFailedError(RuntimeError):
+    pass
 
-    data = tmp_path / "cifar"
-    data.mkdir()
-    for name in [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]:
-        (data / name).write_bytes(b"this is not a pickle")
-    args = ["sd_rates", "--seeds", "1", "--storage", str(tmp_path / "rr"),
-            "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}",
-            "--set", "p_L=1.0", "sd_schedule=linear", "dataset=cifar10", f"data_dir={data}", "epochs=1"]
+
+def fail_after_first_epoch(config: dict, ctx) -> None:
+    """Reports epoch 1, then fails: an error inside the trial that no up-front check can see."""
+    ctx.report({"epoch": 1, "val_error": 0.5})
+    raise TrialFailedError("the trial's own code failed after epoch 1")
+
+
+def test_failed_trial_ends_failed_not_running(tmp_path: Path, ray_address: str, registered) -> None:
+    """A trial that errors: its run is FAILED with the error as a tag, the parent FAILED, the exit status 1."""
+    registered("fails_in_trial", fail_after_first_epoch, defaults={"epochs": 2, "seed": 0},
+               metrics={"val_error": "min"}, primary="val_error")
+    path = tmp_path / "failing.yaml"
+    path.write_text("trainable: fails_in_trial\n")
+    args = [str(path), "--storage", str(tmp_path / "rr"), "--tracking-uri", f"sqlite:///{tmp_path / 'mlflow.db'}"]
     assert sweep.main(args) == 1
-    parent, children = child_runs(tmp_path / "mlflow.db", "sd_rates")
+    parent, children = child_runs(tmp_path / "mlflow.db", "failing")
     assert parent.info.status == "FAILED"
     assert [r.info.status for r in children] == ["FAILED"]
-    assert "data_batch_1" in children[0].data.tags["error"]
+    assert "the trial's own code failed after epoch 1" in children[0].data.tags["error"]

@@ -5,9 +5,11 @@ the trials in flight (``pending``: tokens and the log-probability they were samp
 completed child, and save/restore of the whole state (controller weights, baseline, optimizer, RNGs, pending
 trials), so a resumed search continues exactly, and the same next suggestions come out.
 
-A child's reward uses the last result Tune hands to ``on_trial_complete``: the final epoch's accuracy, or for a
-child that ASHA stopped early, its last reported accuracy (its latency is in every report, see
-``trainables.nas_child``). A child that errors is recorded without a reward and teaches the searcher nothing.
+The searcher knows the child trainable only through its registered ``architecture_search`` declaration
+(:class:`trainables.registry.ArchitectureSearch`): the spaces, the config keys it writes, the accuracy and latency
+metrics it reads. A child's reward uses the last result Tune hands to ``on_trial_complete``: the final epoch's
+accuracy, or for a child that ASHA stopped early, its last reported accuracy (the latency is in every report). A
+child that errors is recorded without a reward and teaches the searcher nothing.
 Subclasses implement :meth:`propose` (next tokens) and :meth:`observe` (learn from one scored child).
 """
 
@@ -23,16 +25,17 @@ import torch
 from ray.tune.search import Searcher
 
 from orchestrator.searchers.reward import reward
-from trainables.nas_spaces import NasSpace, get_space
+from trainables import registry
 
-ACCURACY_KEY = "val_accuracy"
-LATENCY_KEY = "latency_ms"
+SEARCH_TOOL = "architecture_search"  # the registered declaration a child trainable of a search provides
 
 
 class NasSearcher(Searcher, abc.ABC):
     def __init__(self, space: str, base_config: Mapping[str, Any], *, trials: int, reward_kind: str = "soft",
-                 target_ms: float = 1.0, seed: int = 0, num_blocks: int = 0) -> None:
-        super().__init__(metric=ACCURACY_KEY, mode="max")
+                 target_ms: float = 1.0, seed: int = 0, num_blocks: int = 0,
+                 search: registry.ArchitectureSearch | None = None) -> None:
+        self.search: registry.ArchitectureSearch = search or registry.tool(SEARCH_TOOL)
+        super().__init__(metric=self.search.accuracy, mode="max")
         self.space_name, self.num_blocks = space, num_blocks
         self.base_config = dict(base_config)
         self.trials, self.reward_kind, self.target_ms = trials, reward_kind, target_ms
@@ -43,8 +46,9 @@ class NasSearcher(Searcher, abc.ABC):
         self.generator = torch.Generator().manual_seed(seed)
 
     @property
-    def space(self) -> NasSpace:
-        return get_space(self.space_name, self.num_blocks)
+    def space(self) -> Any:
+        """The space's decisions: ``sizes`` (values per decision) and ``describe(tokens)``."""
+        return self.search.get_space(self.space_name, self.num_blocks)
 
     # -- what a method supplies --------------------------------------------------------------------------------
     @abc.abstractmethod
@@ -65,24 +69,25 @@ class NasSearcher(Searcher, abc.ABC):
         index = self.issued
         self.issued += 1
         self.pending[trial_id] = {"tokens": tokens, "index": index, **extras}
-        return {**self.base_config, "space": self.space_name, "num_blocks": self.num_blocks, "tokens": tokens,
-                "arch": self.space.describe(tokens), "trial_index": index}
+        return self.search.child_config(self.base_config, self.space_name, self.num_blocks, tokens, index)
 
     def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
         entry = self.pending.pop(trial_id, None)
         if entry is None:
             return
         record = {**entry, "trial_id": trial_id, "arch": self.space.describe(entry["tokens"])}
-        if error or not result or ACCURACY_KEY not in result or LATENCY_KEY not in result:
+        accuracy, latency = self.search.accuracy, self.search.latency
+        if error or not result or accuracy not in result or latency not in result:
             self.history.append({**record, "reward": None})
             return
-        record.update(accuracy=float(result[ACCURACY_KEY]), latency_ms=float(result[LATENCY_KEY]),
+        record.update(accuracy=float(result[accuracy]), latency_ms=float(result[latency]),
                       reward=self.score(result))
         self.history.append(record)
         self.observe(record)
 
     def score(self, result: Mapping[str, Any]) -> float:
-        return reward(float(result[ACCURACY_KEY]), float(result[LATENCY_KEY]), self.target_ms, self.reward_kind)
+        return reward(float(result[self.search.accuracy]), float(result[self.search.latency]), self.target_ms,
+                      self.reward_kind)
 
     # -- state ---------------------------------------------------------------------------------------------------
     def __getstate__(self) -> dict[str, Any]:
