@@ -244,16 +244,13 @@ def _candidate_values(prim: Mapping[str, Any]) -> list[Any]:
 
 
 def absolute_paths(overrides: Mapping[str, Any], spec: TrainableSpec) -> dict[str, Any]:
-    """Command-line values that name an existing file or folder, made absolute: trials run in other working
-    directories (and on other nodes). Only keys whose default is a string or None (an optional path) qualify, so
-    a number or a choice is never touched; a path that does not exist is left for the validator to reject."""
+    """The values of the keys the trainable declares as paths (``paths=``), made absolute: trials run in other
+    working directories (and on other nodes). Nothing else is touched, whatever files the working directory holds."""
     out = dict(overrides)
-    for key, value in overrides.items():
-        default = spec.defaults.get(key, 0)
-        if isinstance(value, str) and value and (default is None or isinstance(default, str)):
-            path = Path(value).expanduser()
-            if path.exists():
-                out[key] = str(path.resolve())
+    for key in spec.paths:
+        value = overrides.get(key)
+        if isinstance(value, str) and value and "://" not in value:
+            out[key] = str(Path(value).expanduser().resolve())
     return out
 
 

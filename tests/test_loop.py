@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from trainables import registry
-from trainables.context import LocalContext
 from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError, load_weights
 from trainables.classification import fit_classifier
+from trainables.context import LocalContext
 from trainables.loop import load_data, parameter_digest
 from trainables.resnet import build_resnet
 

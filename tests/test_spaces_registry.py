@@ -192,3 +192,16 @@ def test_a_space_takes_its_direction_from_the_declaration(tmp_path: Path) -> Non
     path.write_text("trainable: resnet\nmetric: accuracy\n")
     with pytest.raises(ConfigError, match="declares no metric 'accuracy'"):
         spaces.load_space(str(path)).validate(registry.get("resnet"))
+
+
+def test_only_declared_path_keys_are_made_absolute(tmp_path, monkeypatch) -> None:  # noqa: ANN001
+    """Trials run in other working directories: a trainable's declared path keys become absolute on the driver, and
+    nothing else does, even a value that happens to name a file in the working directory."""
+    from orchestrator.spaces import absolute_paths
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "linear").write_text("a file named like a schedule")
+    spec = registry.get("resnet")
+    assert "data_dir" in spec.paths
+    out = absolute_paths({"data_dir": "cifar", "sd_schedule": "linear", "epochs": 2}, spec)
+    assert out == {"data_dir": str(tmp_path / "cifar"), "sd_schedule": "linear", "epochs": 2}

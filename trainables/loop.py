@@ -53,6 +53,8 @@ LOOP_DEFAULTS: dict[str, Any] = {
     "limit_train_batches": 0,  # > 0: at most this many training batches per epoch (smoke tests, benchmarks)
 }
 
+# Config keys of the loop that hold local paths (declared by every trainable on the loop, made absolute by the driver).
+LOOP_PATHS: tuple[str, ...] = ("data_dir",)
 # Exceptions of the loop that mean the user's input is wrong (declared by every trainable on the loop).
 LOOP_USER_ERRORS: tuple[type[BaseException], ...] = (DatasetError, CheckpointError)
 
@@ -243,4 +245,5 @@ def replicas_in_sync(ctx: Context, model: nn.Module) -> bool:
     return len({int(t) for t in ctx.all_gather(mine)}) == 1
 
 
-__all__ = ["LOOP_DEFAULTS", "LOOP_USER_ERRORS", "DatasetBundle", "fit", "load_data", "validate_loop_config"]
+__all__ = ["LOOP_DEFAULTS", "LOOP_PATHS", "LOOP_USER_ERRORS", "DatasetBundle", "fit", "load_data",
+           "validate_loop_config"]

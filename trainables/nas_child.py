@@ -20,7 +20,7 @@ import torch
 from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
 from trainables.latency import LatencyCache, cached_latency
-from trainables.loop import LOOP_DEFAULTS, LOOP_USER_ERRORS, load_data, validate_loop_config
+from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.nas_spaces import SPACES, count_macs, count_params, get_space
 from trainables.registry import ArchitectureSearch, ConfigError, check_choice, check_range, register
 
@@ -84,7 +84,7 @@ def child_stats(config: dict[str, Any], input_shape: tuple[int, int, int], num_c
 
 @register("nas_child", defaults=NAS_CHILD_DEFAULTS, validate=(validate_loop_config, validate_nas_child),
           metrics={**CLASSIFICATION_METRICS, "latency_ms": "min", "params": "min", "macs": "min"},
-          primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
+          primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS, paths=(*LOOP_PATHS, "latency_cache"),
           tools={"architecture_search": ArchitectureSearch(
               spaces=tuple(SPACES), get_space=get_space, accuracy="val_accuracy", latency="latency_ms",
               space_key="space", blocks_key="num_blocks", tokens_key="tokens", arch_key="arch",

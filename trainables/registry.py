@@ -68,6 +68,7 @@ class TrainableSpec:
     budget: tuple[str, str] = ("epochs", "epoch")
     flags: Mapping[str, str] = field(default_factory=dict)
     user_errors: tuple[type[BaseException], ...] = ()
+    paths: tuple[str, ...] = ()
 
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Merge ``overrides`` over the defaults and validate the result; raises :class:`ConfigError`."""
@@ -156,6 +157,7 @@ def register(
     budget: tuple[str, str] | None = None,
     flags: Mapping[str, str] | None = None,
     user_errors: tuple[type[BaseException], ...] = (),
+    paths: tuple[str, ...] = (),
 ) -> Callable[[TrainFn], TrainFn]:
     """Register ``fn(config, ctx)`` as trainable ``name``; ``defaults`` lists every key a config may set.
 
@@ -167,6 +169,8 @@ def register(
       (default ``("epochs", "epoch")``).
     - ``flags``: command-line shorthands -> config keys (``{"--env": "env"}``) for the method's own CLI.
     - ``user_errors``: exception types of the method's code that mean the user's input is wrong (exit status 2).
+    - ``paths``: config keys that hold local file or folder paths (made absolute on the driver, since trials run in
+      other working directories and on other nodes).
     """
     validators = validate if isinstance(validate, tuple) else (validate,)
     metrics = dict(metrics or {})
@@ -180,6 +184,9 @@ def register(
     unknown_flags = sorted(key for key in (flags or {}).values() if key not in defaults)
     if unknown_flags:
         raise ValueError(f"trainable '{name}': flags name unknown config keys {unknown_flags}")
+    unknown_paths = sorted(key for key in paths if key not in defaults)
+    if unknown_paths:
+        raise ValueError(f"trainable '{name}': paths name unknown config keys {unknown_paths}")
 
     def decorator(fn: TrainFn) -> TrainFn:
         if name in _REGISTRY and _REGISTRY[name].train is not fn:
@@ -198,6 +205,7 @@ def register(
             budget=tuple(budget) if budget is not None else ("epochs", "epoch"),
             flags=dict(flags or {}),
             user_errors=tuple(user_errors),
+            paths=tuple(paths),
         )
         return fn
 

@@ -15,7 +15,7 @@ from torch import Tensor, nn
 from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
 from trainables.layers import OptionAShortcut, block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_USER_ERRORS, load_data, validate_loop_config
+from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.stochastic_depth import StochasticDepth, survival_probabilities
 
@@ -141,7 +141,8 @@ def validate_resnet(config: dict[str, Any]) -> None:
 
 
 @register("resnet", defaults=RESNET_DEFAULTS, validate=(validate_loop_config, validate_resnet),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS)
+          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
+          paths=LOOP_PATHS)
 def train_resnet(config: dict[str, Any], ctx: Context) -> None:
     """CIFAR ResNet (6n+2) with stochastic depth and dropout (Huang et al. 2016) on the common loop."""
     data = load_data(config)

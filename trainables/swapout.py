@@ -34,7 +34,7 @@ from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRI
 from trainables.context import Context
 from trainables.identity_mappings import make_branch
 from trainables.layers import OptionAShortcut, SeededDraws, block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_USER_ERRORS, load_data, validate_loop_config
+from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.preact_resnet import ResidualNet, stage_widths, units_per_stage
 from trainables.registry import ConfigError, check_choice, check_range, register
 
@@ -194,7 +194,8 @@ def validate_swapout(config: dict[str, Any]) -> None:
 
 
 @register("swapout", defaults=SWAPOUT_DEFAULTS, validate=(validate_loop_config, validate_swapout),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS)
+          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
+          paths=LOOP_PATHS)
 def train_swapout(config: dict[str, Any], ctx: Context) -> None:
     """Swapout (Singh et al. 2016) on a pre-activation ResNet: rate schedule, deterministic or stochastic inference."""
     data = load_data(config)

@@ -52,7 +52,7 @@ def bc_placement(config: dict[str, Any]) -> list[dict[str, float]]:
 
 @register("bc", defaults=BC_DEFAULTS, validate=(validate_offline, validate_bc), placement=bc_placement,
           tools=RL_TOOLS, metrics=OFFLINE_METRICS, primary="eval_return_mean", budget=OFFLINE_BUDGET,
-          flags=OFFLINE_FLAGS, user_errors=RL_USER_ERRORS)
+          flags=OFFLINE_FLAGS, user_errors=RL_USER_ERRORS, paths=("data",))
 def train_bc(config: dict[str, Any], ctx: Context) -> None:
     """RLlib's behaviour cloning (BC) on an offline dataset, evaluated in the real environment."""
     import torch

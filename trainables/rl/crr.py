@@ -263,7 +263,7 @@ OFFLINE_FLAGS = {"--env": "env", "--data": "data"}
 @register("crr", defaults=CRR_DEFAULTS, validate=(validate_offline, validate_crr), placement=crr_placement,
           tools={**RL_TOOLS, "record": record_dataset}, metrics=CRR_METRICS, primary="eval_return_mean",
           budget=OFFLINE_BUDGET, flags={**OFFLINE_FLAGS, "--weight-type": "weight_type"},
-          user_errors=RL_USER_ERRORS)
+          user_errors=RL_USER_ERRORS, paths=("data",))
 def train_crr(config: dict[str, Any], ctx: Context) -> None:
     """CRR (Wang et al. 2020) on an offline dataset, evaluated in the real environment."""
     import torch
