@@ -164,9 +164,16 @@ def read_trainable_file(checkpoint: str) -> dict[str, Any]:
     marker = registry.tool(CHECKPOINT_FILE_TOOL)
     try:
         produced = json.loads((Path(checkpoint) / marker).read_text())
-        produced["trainable"], produced["config"]  # noqa: B018 (both keys must be there)
-    except (OSError, ValueError, KeyError, TypeError) as err:
+    except (OSError, ValueError) as err:
         raise cli.UserError(f"corrupt checkpoint {checkpoint}: cannot read {marker} ({err})") from None
+    if not (isinstance(produced, dict) and isinstance(produced.get("trainable"), str)
+            and isinstance(produced.get("config"), dict)):
+        raise cli.UserError(f"corrupt checkpoint {checkpoint}: {marker} is not an object with a 'trainable' name "
+                            "and a 'config' object")
+    try:
+        registry.get(produced["trainable"])
+    except registry.ConfigError as err:
+        raise cli.UserError(f"checkpoint {checkpoint}/{marker}: {err}") from None
     return produced
 
 
