@@ -142,15 +142,30 @@ PLAY_CASES = {
 }
 
 
-@pytest.mark.parametrize("case", list(PLAY_CASES))
-def test_play_on_a_corrupt_checkpoint_is_one_line_and_exit_2(tmp_path: Path, case: str) -> None:
-    make, message = PLAY_CASES[case]
+def test_play_on_a_corrupt_checkpoint_is_one_line_and_exit_2_as_a_user_runs_it(tmp_path: Path) -> None:
+    """One case through a real ``python -m orchestrator.rl`` process (the others run the same main in-process)."""
+    make, message = PLAY_CASES["module-state-garbage"]
     checkpoint = make(tmp_path)
     result = run_cli("orchestrator.rl", ["play", str(checkpoint), "--episodes", "1"], tmp_path, timeout=300)
     assert result.returncode == 2, result.stderr[-3000:]
     assert "Traceback" not in result.stderr, result.stderr[-3000:]
     errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
     assert len(errors) == 1 and message in errors[0], result.stderr[-2000:]
+    assert str(checkpoint) in errors[0]
+
+
+@pytest.mark.parametrize("case", list(PLAY_CASES))
+def test_play_on_a_corrupt_checkpoint_is_one_line_and_exit_2(tmp_path: Path, case: str,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """``orchestrator.rl``'s main under the CLI wrapper, in this process (a traceback would fail the test): one
+    process imports RLlib once for all cases instead of once per case."""
+    from orchestrator import rl
+
+    make, message = PLAY_CASES[case]
+    checkpoint = make(tmp_path)
+    assert cli.run(rl.main, ["play", str(checkpoint), "--episodes", "1"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0], errors
     assert str(checkpoint) in errors[0]
 
 
