@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from torch import nn
 
+from trainables.batching import BatchLoader
 from trainables.classification import ClassificationTask
-from trainables.data import BatchLoader
 
 
 class TrainOnly(ClassificationTask):

@@ -40,8 +40,9 @@ import torch.nn.functional as F
 from _loop import TrainOnly
 
 from trainables import registry
+from trainables.batching import BatchLoader
 from trainables.context import LocalContext
-from trainables.data import BatchLoader, DatasetBundle
+from trainables.data import DatasetBundle
 from trainables.loop import fit, load_data
 from trainables.resnet import build_resnet
 

@@ -27,9 +27,9 @@ import torch
 from _loop import TrainOnly
 from torch import nn
 
+from trainables.batching import BatchLoader
 from trainables.classification import evaluate
 from trainables.context import LocalContext
-from trainables.data import BatchLoader
 from trainables.loop import fit, load_data
 from trainables.preact_resnet import build_preact_resnet
 from trainables.registry import get

@@ -29,9 +29,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables import registry
+from trainables.batching import BatchLoader
 from trainables.classification import fit_classifier
 from trainables.context import LocalContext
-from trainables.data import BatchLoader, DatasetBundle, Split
+from trainables.data import DatasetBundle, Split
 from trainables.layers import block_seed
 from trainables.loop import load_data
 from trainables.resnet import build_resnet

@@ -10,13 +10,12 @@ import pytest
 import scipy.io
 import torch
 
+from trainables.batching import BatchLoader, augment_batch
 from trainables.data import (
     DATASETS,
     NEEDS_DATA_DIR,
-    BatchLoader,
     DatasetError,
     Split,
-    augment_batch,
     check_dataset,
     load_dataset,
 )

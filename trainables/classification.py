@@ -15,8 +15,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.batching import BatchLoader
 from trainables.context import Context, unwrap
-from trainables.data import BatchLoader, DatasetBundle
+from trainables.data import DatasetBundle
 from trainables.loop import fit
 from trainables.task import Task, Total
 
