@@ -19,13 +19,20 @@ def _trial(tmp_path: Path) -> SimpleNamespace:
                            last_result={"checkpoint_path": str(checkpoint)})
 
 
-def test_a_child_run_whose_artifact_upload_fails_ends_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                                             capsys: pytest.CaptureFixture) -> None:
-    tracker = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "upload")
+def _started(tmp_path: Path, experiment: str) -> tuple[tracking.SweepTracker, tracking.MlflowTrialCallback,
+                                                      SimpleNamespace]:
+    """A sweep's parent run and one trial whose child run the callback has started."""
+    tracker = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment)
     tracker.start_parent("sweep", {"metric": "val_error"}, {})
     callback = tracking.MlflowTrialCallback(tracker)
     trial = _trial(tmp_path)
     callback.on_trial_start(0, [trial], trial)
+    return tracker, callback, trial
+
+
+def test_a_child_run_whose_artifact_upload_fails_ends_failed(tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                                             capsys: pytest.CaptureFixture) -> None:
+    tracker, callback, trial = _started(tmp_path, "upload")
     run_id = callback.run_id(trial)
 
     def disk_full(*args: object, **kwargs: object) -> None:
@@ -42,11 +49,7 @@ def test_a_child_run_whose_artifact_upload_fails_ends_failed(tmp_path: Path, mon
 
 
 def test_a_child_run_with_its_artifacts_ends_finished(tmp_path: Path) -> None:
-    tracker = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "upload")
-    tracker.start_parent("sweep", {}, {})
-    callback = tracking.MlflowTrialCallback(tracker)
-    trial = _trial(tmp_path)
-    callback.on_trial_start(0, [trial], trial)
+    tracker, callback, trial = _started(tmp_path, "upload")
     callback.on_checkpoint(0, [trial], trial, SimpleNamespace(path=trial.last_result["checkpoint_path"]))
     callback.on_trial_complete(0, [trial], trial)
     run = tracker.client.get_run(callback.run_id(trial))
@@ -58,11 +61,7 @@ def test_a_child_run_with_its_artifacts_ends_finished(tmp_path: Path) -> None:
 
 def test_a_trial_cut_off_by_an_interrupt_ends_killed_and_is_counted(tmp_path: Path) -> None:
     """Tune calls a trial an interrupt cut off TERMINATED; its run ends KILLED, and the executor counts it."""
-    tracker = tracking.SweepTracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "cut")
-    tracker.start_parent("sweep", {}, {})
-    callback = tracking.MlflowTrialCallback(tracker)
-    trial = _trial(tmp_path)
-    callback.on_trial_start(0, [trial], trial)
+    tracker, callback, trial = _started(tmp_path, "cut")
     assert tracker.cut_off_children() == 0
     callback.on_experiment_end([trial])  # no on_trial_complete came: the interrupt cut it off
     assert tracker.client.get_run(callback.run_id(trial)).info.status == "KILLED"
