@@ -210,12 +210,6 @@ def pareto_front(table: Any) -> Any:
     return stats.pareto_front(table, x="latency_ms", y="accuracy", x_mode="min", y_mode="max")
 
 
-def quarter_means(table: Any) -> tuple[float, float]:
-    rewards = table["reward"].dropna().to_numpy()
-    q = max(1, len(rewards) // 4)
-    return float(rewards[:q].mean()), float(rewards[-q:].mean())
-
-
 def print_report(table: Any, args: argparse.Namespace, top: int, search: registry.ArchitectureSearch) -> None:
     from rich.console import Console
     from rich.table import Table
@@ -237,7 +231,7 @@ def print_report(table: Any, args: argparse.Namespace, top: int, search: registr
     best = table.dropna(subset=["reward"]).sort_values("reward", ascending=False, kind="stable").head(top)
     console.print(render(f"top {len(best)} architectures by {args.reward} reward (T = {args.target_ms:g} ms)", best))
     console.print(render("Pareto front: accuracy vs latency", pareto_front(table)))
-    first, last = quarter_means(table)
+    first, last = stats.quarter_means(table["reward"])
     console.print(f"mean reward: first quarter {first:.4f}, last quarter {last:.4f}; best {best['reward'].max():.4f}")
 
 
@@ -267,7 +261,7 @@ def log_summary(tracker: tracking.SweepTracker, table: Any, args: argparse.Names
     if table.empty or tracker.parent_run_id is None or table["reward"].notna().sum() == 0:
         return
     client, run_id = tracker.client, tracker.parent_run_id
-    first, last = quarter_means(table)
+    first, last = stats.quarter_means(table["reward"])
     best = table.loc[table["reward"].idxmax()]
     for key, value in (("best_reward", best["reward"]), ("best_accuracy", best["accuracy"]),
                        ("best_latency_ms", best["latency_ms"]), ("reward_first_quarter", first),
