@@ -4,10 +4,14 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 from pathlib import Path
 from typing import Any
 
 SHARED_STORAGE_SCHEMES = ("s3://", "gs://", "gcs://", "abfss://", "hdfs://")
+PROBE_TIMEOUT_S = 10.0  # per connect and per read: an address that answers nothing fails in ~20 s, not never
+HTTP2_PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"  # what a gRPC client sends first (RFC 9113, 3.4)
+HTTP2_SETTINGS = 0x4  # the frame type a gRPC server answers the preface with
 
 
 EMBEDDED = "embedded local Ray"  # what connect() returns when it started its own Ray (callers test for it)
@@ -17,15 +21,64 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
     """Start or join Ray; returns a description for the user. Reuses a Ray already initialized in this process."""
     import ray
 
+    from orchestrator import cli
+
     if ray.is_initialized():
         return "the Ray instance already running in this process"
     address = address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
-        return f"Ray cluster at {address}"
-    # address="local" always starts a fresh instance owned by this process: never attach to someone else's.
-    ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
-    return EMBEDDED
+        check_ray_listens(address)
+        try:
+            ray.init(address=address, log_to_driver=True)
+        except ConnectionError as err:
+            raise ClusterError(f"could not join the Ray cluster at {address}: {err}") from None
+        where = f"Ray cluster at {address}"
+    else:
+        # address="local" always starts a fresh instance owned by this process: never attach to someone else's.
+        ray.init(address="local", num_cpus=num_cpus, num_gpus=num_gpus, include_dashboard=False)
+        where = EMBEDDED
+    cli.forward_sigterm()  # ray.init replaced our SIGTERM handler with its own sys.exit
+    return where
+
+
+class ClusterError(RuntimeError):
+    """No Ray cluster at the address the user gave (a user error: one line, exit 2)."""
+
+
+def check_ray_listens(address: str) -> None:
+    """Fail in seconds, with one line, where ``ray.init(address)`` would retry for minutes: nothing listens at the
+    address, or what answers is not a gRPC server (Ray's GCS and its client server both are). Ray's own connect
+    cannot be bounded from Python: its retries run in C++ and ignore signals until they give up."""
+    import ray._private.services
+
+    hint = "start one with `ray start --head` or drop --address (an embedded local Ray is the default)"
+    if address.startswith("ray://"):
+        target = address.removeprefix("ray://")
+        target = target if ":" in target else f"{target}:10001"
+    else:
+        try:  # "auto" -> the latest `ray start` on this machine; localhost -> this node's IP, as ray.init does
+            target = ray._private.services.canonicalize_bootstrap_address(address)
+        except (ConnectionError, ValueError) as err:
+            raise ClusterError(f"no Ray cluster at '{address}' ({err}); {hint}") from None
+        if not target:
+            raise ClusterError(f"no Ray cluster found for --address {address}; {hint}")
+    host, _, port = target.rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"--address {address}: expected HOST:PORT, ray://HOST[:PORT] or auto")
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=PROBE_TIMEOUT_S) as conn:
+            conn.sendall(HTTP2_PREFACE)
+            frame = conn.recv(9)
+    except OSError as err:
+        reason = "timed out" if isinstance(err, TimeoutError) else (err.strerror or str(err))
+        raise ClusterError(f"no Ray cluster at {address} ({_resolved(address, target)}{reason}); {hint}") from None
+    if len(frame) < 4 or frame[3] != HTTP2_SETTINGS:
+        raise ClusterError(f"no Ray cluster at {address} ({_resolved(address, target)}something answers there, but "
+                           f"not a gRPC server as Ray's is); {hint}")
+
+
+def _resolved(address: str, target: str) -> str:
+    return "" if target in address else f"{target}: "
 
 
 def default_storage() -> str:

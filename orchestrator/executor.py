@@ -5,8 +5,9 @@ status, in that order and in one place.
 A command turns its command line into a :class:`Plan` (what to run: the trainable, the validated base config, the
 resources, how to build Tune's config and callback, how to report); :func:`execute` does the rest. Everything the
 user gave is checked while the plan is made, **before** Ray starts or MLflow is touched: a mistake is one line and
-exit status 2 (:func:`orchestrator.cli.run`). A run ends with exit 0 (every trial finished), 1 (a trial errored) or
-130 (interrupted: the parent run ends KILLED and the command that continues it is printed).
+exit status 2 (:func:`orchestrator.cli.run`). A run ends with exit 0 (every trial finished), 1 (a trial errored, or
+Tune itself stopped: one line and the resume command), or 130 / 143 (SIGINT / SIGTERM: the parent run ends KILLED
+and the command that continues it is printed).
 """
 
 from __future__ import annotations
@@ -24,6 +25,11 @@ from orchestrator import cli, cluster, runner, tracking
 from trainables import registry
 
 RECORD = "sweep.json"  # beside the Tune experiment: parent run id, tracking URI, argv (what --resume reads)
+# Retries of a failed trial, each from its last checkpoint. Above 0 because the common failure of a long sweep is a
+# trial process killed from outside (Ray's OOM killer under a memory-hungry neighbour, a preempted node): the retry
+# loses at most one report interval. A bug in the trainable fails 1 + 2 times (each attempt resumes from the last
+# checkpoint, so the retries are as short as the bug is early) and then the trial's run ends FAILED with the reason.
+DEFAULT_MAX_FAILURES = 2
 
 
 @dataclass
@@ -51,7 +57,7 @@ class Plan:
     tags: dict[str, str]
     setup: Callable[[tracking.SweepTracker, str], TuneSetup]  # (tracker, experiment folder) -> Tune's parts
     report: Callable[[Any, tracking.SweepTracker, str], None]  # (ResultGrid, tracker, experiment folder)
-    max_failures: int = 0
+    max_failures: int = DEFAULT_MAX_FAILURES
 
 
 def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[str]], argparse.Namespace],
@@ -147,13 +153,20 @@ def run_tune(tracker: tracking.SweepTracker, fit: Callable[[], Any], report: Cal
                        or tracker.cut_off_children() > 0)
         status = "KILLED" if interrupted else ("FAILED" if results.num_errors else "FINISHED")
         report(results)
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:  # a second signal, or one before Tune's own handler was in place
         status = "KILLED"
+    except Exception as err:  # noqa: BLE001 (Tune itself gave up: one line and the way back, not its traceback)
+        if isinstance(err, cli.user_error_types()):
+            raise
+        tracker.end_running_children("KILLED")
+        message = " ".join(str(err).split())[:300]
+        print(f"error: Ray Tune stopped ({type(err).__name__}: {message}); what finished is recorded; "
+              f"continue with: {resume_command}", file=sys.stderr)
     finally:
         tracker.end_parent(status)
     if status == "KILLED":
         print(f"interrupted; continue with: {resume_command}", file=sys.stderr)
-        return cli.EXIT_INTERRUPTED
+        return cli.interrupted_status()
     return 0 if status == "FINISHED" else 1
 
 

@@ -36,7 +36,7 @@ from trainables import registry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m orchestrator.nas",
         description="Neural architecture search with an RNN controller as a Ray Tune searcher; every child is a "
         "nested MLflow run with its architecture, accuracy, measured latency and reward.",

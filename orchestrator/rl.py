@@ -43,7 +43,7 @@ def flag_dest(key: str) -> str:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m orchestrator.rl",
         description="Train RLlib algorithms as Tune trials tracked in MLflow, record offline data, play checkpoints.",
     )

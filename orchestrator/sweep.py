@@ -24,7 +24,7 @@ from trainables import registry
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m orchestrator.sweep",
         description="Run a Ray Tune sweep over a search space (search_spaces/NAME.yaml or a path); "
         "every trial is a nested MLflow run.",
@@ -47,8 +47,10 @@ def add_run_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--samples", type=int, help="Tune num_samples for sampled primitives (default: the space's)")
     parser.add_argument("--scheduler", choices=spaces.SCHEDULERS, help="trial scheduler (default: the space's)")
     parser.add_argument("--max-concurrent", type=int, default=0, help="max trials at once (0: as resources allow)")
-    parser.add_argument("--max-failures", type=int, default=0,
-                        help="retries of a failed trial, each from its last checkpoint (use >0 on spot instances)")
+    parser.add_argument("--max-failures", type=int, default=executor.DEFAULT_MAX_FAILURES,
+                        help="retries of a failed trial, each from its last checkpoint (default "
+                        f"{executor.DEFAULT_MAX_FAILURES}: a trial process killed from outside, by the OOM killer or "
+                        "a lost node, is usually not the trial's fault; 0 fails a trial at its first error)")
     parser.add_argument("--address", help="join a running Ray cluster (e.g. auto, ray://host:10001); "
                         "default: RAY_ADDRESS or an embedded local Ray")
     parser.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded local Ray (default: all)")
@@ -79,6 +81,8 @@ def plan(args: argparse.Namespace, load: Callable[[argparse.Namespace], spaces.S
     spec = registry.get(space.trainable)
     base_config = space.validate(spec)
     resources = runner.TrialResources(num_workers=args.workers, cpus=args.cpus_per_trial, gpus=args.gpus_per_trial)
+    if args.max_failures < 0:
+        raise cli.UserError(f"--max-failures must be >= 0, got {args.max_failures}")
 
     def setup(tracker: tracking.SweepTracker, folder: str) -> executor.TuneSetup:
         from ray import tune

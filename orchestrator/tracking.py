@@ -151,6 +151,17 @@ class SweepTracker:
         )
         return len(runs)
 
+    def end_running_children(self, status: str) -> None:
+        """End every child run still RUNNING as ``status``: the driver stopped under them (Tune itself failed), so
+        no callback will; a resume reopens them."""
+        if self.parent_run_id is None:
+            return
+        for run in self.client.search_runs(
+            [self.experiment_id()], max_results=10_000,
+            filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
+        ):
+            self.client.set_terminated(run.info.run_id, status=status)
+
     def end_parent(self, status: str) -> None:
         if self.parent_run_id:
             self.client.set_terminated(self.parent_run_id, status=status)

@@ -1,6 +1,7 @@
 """Test-only trainables whose trials can be held at a known point, so interrupt tests need no timing.
 
-A held trial reports its first round (with a checkpoint) and then blocks until the file ``config["gate"]`` exists.
+A held trial reports its first round (with a checkpoint), writes its process id to ``GATE.pid`` and then blocks until
+the file ``config["gate"]`` exists.
 An interrupt test waits until that report is in MLflow, sends Ctrl-C while the trial is certainly blocked, creates
 the gate, and resumes. Nothing here registers on import: :func:`register_all` does (a fixture in-process, or
 ``python -m tests.gated MODULE ARGS...``, which registers them and then runs ``MODULE``'s CLI, for a subprocess).
@@ -52,6 +53,8 @@ def _rounds(ctx: Context, total: int, report: Callable[[int], dict[str, float]],
                 json.dump({"round": done}, handle)
             ctx.report(report(done), checkpoint_dir=folder)
         if hold(done):
+            with open(f"{gate}.pid", "w") as handle:  # who to kill, for a test of a trial process killed from outside
+                handle.write(str(os.getpid()))
             wait_for_gate(gate)
 
 

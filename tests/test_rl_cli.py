@@ -52,8 +52,10 @@ def test_dqn_sweep_writes_nested_runs_and_plays_back(tmp_path: Path, ray_address
 
 
 def test_interrupted_rl_trial_is_partial_in_the_final_table(tmp_path: Path, ray_address: str) -> None:
-    """Ctrl-C while an RL trial (budget: frames) is held after its first report: the final table calls it partial
-    (it used to say OK: the completion check looked for an ``epochs`` key), and --resume completes it."""
+    """SIGTERM (what Slurm, Kubernetes and ``timeout`` send) while an RL trial (budget: frames) is held after its
+    first report: the same interrupt as Ctrl-C (it used to end the driver with Ray's ``sys.exit``, leaving the runs
+    RUNNING and no resume command): exit 143, the parent run KILLED, the final table calls the trial partial (it
+    used to say OK: the completion check looked for an ``epochs`` key), and --resume completes it."""
     gate = tmp_path / "gate"
     process = start_gated_cli("orchestrator.rl", ["gated_rl", "--frames", "300", "--address", ray_address,
                                                   "--set", "hold=true", f"gate={gate}"], tmp_path)
@@ -63,9 +65,12 @@ def test_interrupted_rl_trial_is_partial_in_the_final_table(tmp_path: Path, ray_
         return any("checkpoint" in r.data.tags for r in children)
 
     wait_until(first_checkpoint, "the RL trial's first checkpoint", process)
-    process.send_signal(signal.SIGINT)
+    process.send_signal(signal.SIGTERM)
     out, err = process.communicate(timeout=120)
-    assert process.returncode == 130, err[-3000:]
+    assert process.returncode == 143, err[-3000:]
+    parent, children = child_runs(tmp_path / "mlflow.db", "gated_rl")
+    assert parent.info.status == "KILLED" and [r.info.status for r in children] == ["KILLED"]
+    assert "continue with: python -m orchestrator.rl gated_rl --resume" in err
     # columns: trial_id, eval_return_mean, env_frames, status
     assert re.search(r"│\s*10\s*│\s*100\s*│\s*partial", out), out[-2000:]
     gate.write_text("open")

@@ -48,7 +48,7 @@ class Comparison:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = cli.ArgumentParser(
         prog="python -m orchestrator.compare",
         description="Compare the trials of MLflow experiments (sweeps and searches): groups over seeds, ranking, "
         "a test of the winner against the runner-up, tables, plots and an HTML report.",
