@@ -18,12 +18,15 @@ A file in ``search_spaces/`` (or any path) reads::
       sd_schedule: {grid: [linear, uniform]}
 
 Primitives: ``grid`` (every value), ``choice`` (sampled), ``uniform``/``loguniform`` ``[low, high]``,
-``randint`` ``[low, high)``. Everything is validated against the trainable's config before Ray starts.
+``randint`` ``[low, high)``. Everything is validated against the trainable's config before Ray starts, and grid
+combinations that train the same experiment (equal configs after the trainable's canonical form) run once.
 """
 
 from __future__ import annotations
 
 import itertools
+import json
+import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,6 +57,10 @@ class SweepSpace:
     scheduler: dict[str, Any] = field(default_factory=lambda: {"type": "none"})
     fixed: dict[str, Any] = field(default_factory=dict)
     searched: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # Filled in by validate when grid combinations train the same experiment: the combinations that run, and each
+    # one that does not with the one it equals.
+    variants: list[dict[str, Any]] | None = None
+    collapsed: list[tuple[dict[str, Any], dict[str, Any]]] = field(default_factory=list)
 
     def with_overrides(self, overrides: Mapping[str, Any]) -> SweepSpace:
         """``--set key=value`` pins a key: it leaves the searched keys and joins the fixed ones."""
@@ -86,7 +93,50 @@ class SweepSpace:
             except ConfigError as err:
                 where = ", ".join(f"{k}={v!r}" for k, v in combo)
                 raise ConfigError(f"space '{self.name}' ({where}): {err}") from None
+        self._collapse_identical(spec)
         return base
+
+    def _collapse_identical(self, spec: TrainableSpec) -> None:
+        """Run once what would run twice: grid combinations whose resolved configs are equal after the trainable's
+        canonical form (``register(canonical=...)``, e.g. either schedule at p_L = 1) keep the first in grid order.
+
+        Only for spaces that are all grid: a sampled key makes every trial a different config anyway.
+        """
+        self.variants, self.collapsed = None, []
+        grids = [prim.get("grid") for prim in self.searched.values()]
+        if not grids or any(values is None for values in grids) or math.prod(map(len, grids)) > 20_000:
+            return
+        kept: dict[str, dict[str, Any]] = {}
+        for values in itertools.product(*grids):
+            combo = dict(zip(self.searched, values, strict=True))
+            identity = json.dumps(spec.canonical_form(spec.resolve({**self.fixed, **combo})), sort_keys=True,
+                                  default=str)
+            if identity in kept:
+                self.collapsed.append((combo, kept[identity]))
+            else:
+                kept[identity] = combo
+        if self.collapsed:
+            self.variants = list(kept.values())
+
+    def describe_collapsed(self) -> str:
+        """``p_L=1.0 sd_schedule=uniform (= p_L=1.0 sd_schedule=linear)``, for each collapsed combination."""
+        def text(combo: Mapping[str, Any]) -> str:
+            return " ".join(f"{key}={value}" for key, value in combo.items())
+
+        return "; ".join(f"{text(dropped)} (= {text(kept)})" for dropped, kept in self.collapsed)
+
+    def search_alg(self) -> Any:
+        """None (Tune expands the grids), or, when combinations collapsed, Tune's variant generator over those
+        that run, each ``samples`` times (the seeds grid still multiplies them)."""
+        if not self.variants:
+            return None
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(points_to_evaluate=[dict(v) for v in self.variants for _ in range(self.samples)])
+
+    def tune_samples(self) -> int:
+        """Tune's ``num_samples``: one per explicit point when combinations collapsed, else the space's samples."""
+        return len(self.variants) * self.samples if self.variants else self.samples
 
     def resolve_metric(self, spec: TrainableSpec) -> None:
         """Fill in ``metric`` (default: the primary one) and ``mode`` from what ``spec`` declares.
@@ -115,7 +165,9 @@ class SweepSpace:
         space: dict[str, Any] = dict(base)
         for key, prim in self.searched.items():
             (kind, values), = prim.items()
-            if kind == "grid":
+            if self.variants:  # the search_alg's points set these keys; a domain they are valid in, for Tune's check
+                space[key] = tune.choice(list(values))
+            elif kind == "grid":
                 space[key] = tune.grid_search(list(values))
             elif kind == "choice":
                 space[key] = tune.choice(list(values))
@@ -127,10 +179,8 @@ class SweepSpace:
 
     def num_trials(self) -> int:
         """How many trials the sweep launches (grid product x samples x seeds)."""
-        grid = 1
-        for prim in self.searched.values():
-            if "grid" in prim:
-                grid *= len(prim["grid"])
+        grid = len(self.variants) if self.variants else math.prod(len(p["grid"]) for p in self.searched.values()
+                                                                   if "grid" in p)
         return grid * self.samples * self.seeds
 
 

@@ -94,7 +94,7 @@ def plan(args: argparse.Namespace, load: Callable[[argparse.Namespace], spaces.S
         return executor.TuneSetup(
             param_space=space.param_space(base_config),
             tune_config=tune.TuneConfig(
-                metric=space.metric, mode=space.mode, num_samples=space.samples,
+                metric=space.metric, mode=space.mode, num_samples=space.tune_samples(), search_alg=space.search_alg(),
                 max_concurrent_trials=args.max_concurrent or None, scheduler=make_scheduler(space, base_config, spec),
                 # A trial process is reused by the next trial of the same resources: saves the ~2 s start of a
                 # fresh process (and its torch import) per trial; bench/trial_overhead.py measures it.
@@ -102,6 +102,12 @@ def plan(args: argparse.Namespace, load: Callable[[argparse.Namespace], spaces.S
             ),
             callback=tracking.MlflowTrialCallback(tracker, tags=tags, swept_keys=space.swept_keys()),
         )
+
+    headline = f"sweep '{space.name}': {space.num_trials()} trial(s) of '{spec.name}'"
+    tags = {"search_space": space.name}
+    if space.collapsed:
+        headline += f" ({len(space.collapsed)} grid combination(s) run once: {space.describe_collapsed()})"
+        tags["collapsed"] = space.describe_collapsed()
 
     def report(results: Any, tracker: tracking.SweepTracker, folder: str) -> None:
         table = results_table(results, space)
@@ -111,9 +117,9 @@ def plan(args: argparse.Namespace, load: Callable[[argparse.Namespace], spaces.S
     return executor.Plan(
         name_prefix=space.name, spec=spec, base_config=base_config, resources=resources,
         num_trials=space.num_trials(), mlflow_experiment=args.experiment or space.name,
-        headline=f"sweep '{space.name}': {space.num_trials()} trial(s) of '{spec.name}'",
+        headline=headline,
         params={**space.fixed, "space": space.name, "metric": space.metric, "mode": space.mode},
-        tags={"search_space": space.name}, setup=setup, report=report, max_failures=args.max_failures,
+        tags=tags, setup=setup, report=report, max_failures=args.max_failures,
     )
 
 
@@ -216,6 +222,7 @@ def print_catalogue() -> None:
         available.add_column(column)
     for name in spaces.available_spaces():
         space = spaces.load_space(name)
+        space.validate(registry.get(space.trainable))  # counts grid combinations that run once as one
         available.add_row(name, space.trainable, str(space.num_trials()), space.description)
     Console().print(trainables, available)
 

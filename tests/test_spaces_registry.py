@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import subprocess
 import sys
 from pathlib import Path
@@ -61,17 +62,45 @@ def test_shipped_spaces_parse_and_validate() -> None:
         space.validate(registry.get(space.trainable))
     sd = spaces.load_space("sd_rates")
     assert sd.searched == {"p_L": {"grid": [0.2, 0.5, 0.8, 1.0]}, "sd_schedule": {"grid": ["linear", "uniform"]}}
-    assert sd.num_trials() == 8 * sd.seeds
+    sd.validate(registry.get("resnet"))
+    assert sd.num_trials() == 7 * sd.seeds  # p_L = 1 is one net under both schedules
 
 
 def test_param_space_uses_tune_primitives_and_seed_repeats() -> None:
-    space = spaces.load_space("sd_rates")
+    space = spaces.load_space("sd_rates").with_overrides({"p_L": 0.5})
     space.seeds = 3
     base = space.validate(registry.get("resnet"))
     param_space = space.param_space(base)
-    assert param_space["p_L"] == {"grid_search": [0.2, 0.5, 0.8, 1.0]}
+    assert space.search_alg() is None and space.tune_samples() == 1  # nothing collapsed: Tune expands the grid
+    assert param_space["sd_schedule"] == {"grid_search": ["linear", "uniform"]}
     assert param_space["seed"] == {"grid_search": [0, 1, 2]}
     assert param_space["depth"] == 20  # fixed in the file, over the registered default
+
+
+def test_grid_combinations_that_train_the_same_net_run_once(ray_address: str) -> None:
+    """The trainable's canonical form decides: at p_L = 1 the schedule draws nothing, and with dropout 0 its
+    placement adds no module. Tune's variant generator then yields each remaining combination once per seed."""
+    from ray import tune
+
+    space = spaces.parse_space({"trainable": "resnet", "seeds": 2, "space": {
+        "p_L": {"grid": [0.5, 1.0]}, "sd_schedule": {"grid": ["linear", "uniform"]},
+        "dropout": {"grid": [0.0, 0.2]}, "dropout_where": {"grid": ["branch", "head"]}}}, name="many", path=Path("x"))
+    base = space.validate(registry.get("resnet"))
+    # 16 combinations: p_L = 1 halves the schedules, dropout = 0 halves the placements -> 3 x 3 = 9 distinct
+    assert space.num_trials() == 9 * 2 and len(space.collapsed) == 7
+    assert "p_L=1.0 sd_schedule=uniform dropout=0.0 dropout_where=branch (= p_L=1.0 sd_schedule=linear dropout=0.0 " \
+        "dropout_where=branch)" in space.describe_collapsed()
+    searcher = space.search_alg()
+    searcher.add_configurations([tune.Experiment("many", run=lambda config: None, num_samples=space.tune_samples(),
+                                                 config=space.param_space(base))])
+    configs = []
+    while (trial := searcher.next_trial()) is not None:
+        configs.append(tuple(trial.config[k] for k in ("p_L", "sd_schedule", "dropout", "dropout_where", "seed")))
+    assert len(configs) == len(set(configs)) == 18
+    keys = ("p_L", "sd_schedule", "dropout", "dropout_where", "seed")
+    canonical = {json.dumps(registry.get("resnet").canonical_form({**base, **dict(zip(keys, c, strict=True))}),
+                            sort_keys=True) for c in configs}
+    assert len(canonical) == 18  # no two trials train the same net
 
 
 def test_set_override_pins_a_searched_key() -> None:

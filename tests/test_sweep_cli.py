@@ -32,7 +32,11 @@ def test_sd_rates_sweep_through_the_cli(tmp_path: Path, ray_address: str) -> Non
     assert result.returncode == 0, result.stderr[-3000:]
     parent, children = child_runs(tmp_path / "mlflow.db", "sd_rates")
     assert parent.info.status == "FINISHED" and parent.data.tags["trainable"] == "resnet"
-    assert len(children) == 8  # p_L in 4 values x 2 schedules, one seed
+    # p_L in 4 values x 2 schedules, one seed, less the no-SD net under the second schedule (the same net: it used
+    # to run twice)
+    assert len(children) == 7
+    assert "1 grid combination(s) run once: p_L=1.0 sd_schedule=uniform (= p_L=1.0 sd_schedule=linear)" in result.stdout
+    assert parent.data.tags["collapsed"] == "p_L=1.0 sd_schedule=uniform (= p_L=1.0 sd_schedule=linear)"
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     swept = set()
     for run in children:
@@ -44,7 +48,7 @@ def test_sd_rates_sweep_through_the_cli(tmp_path: Path, ray_address: str) -> Non
             assert [m.step for m in client.get_metric_history(run.info.run_id, metric)] == [1, 2], metric
         artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
         assert {"config.json", "checkpoint"} <= artifacts
-    assert len(swept) == 8
+    assert len(swept) == 7 and ("1.0", "uniform") not in swept
     # The final table's first row is the child run with the lowest val_error (ties: any of the tied runs).
     table = result.stdout[result.stdout.index("best trials of 'sd_rates'"):]
     first_row = re.search(r"([0-9a-f]{5}_\d{5})\s*│[^\n]*?│\s*([0-9.e-]+)\s*│\s*2\s*│\s*OK", table)

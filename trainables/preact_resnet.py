@@ -33,7 +33,7 @@ from trainables.identity_mappings import (
 from trainables.layers import block_seed
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
-from trainables.stochastic_depth import SCHEDULES, survival_probabilities
+from trainables.stochastic_depth import SCHEDULES, canonical_schedule, survival_probabilities
 
 STEMS = ("cifar", "imagenet")
 _BASE_WIDTHS = (16, 32, 64)
@@ -208,7 +208,7 @@ def build_from_config(config: dict[str, Any], num_classes: int, in_channels: int
 
 @register("preact_resnet", defaults=PREACT_DEFAULTS, validate=(validate_loop_config, validate_preact),
           metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS)
+          paths=LOOP_PATHS, canonical=canonical_schedule)
 def train_preact_resnet(config: dict[str, Any], ctx: Context) -> None:
     """Original / pre-activation ResNets: orderings, shortcut ablations, bottleneck, widening, stochastic depth."""
     data = load_data(config)

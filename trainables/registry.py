@@ -26,6 +26,8 @@ TrainFn = Callable[[dict[str, Any], "Context"], None]
 Validator = Callable[[dict[str, Any]], None]
 # A trial's resource bundles for a config (first bundle: the trial process); e.g. an RL trial's env runners.
 Placement = Callable[[dict[str, Any]], list[dict[str, float]]]
+# A config with the values that cannot change the experiment written one way (e.g. the schedule when p_L = 1).
+Canonical = Callable[[dict[str, Any]], dict[str, Any]]
 Mode = Literal["min", "max"]
 
 # Shipped trainables: name -> the module whose import registers it. A test (tests/test_spaces_registry.py) checks
@@ -69,6 +71,12 @@ class TrainableSpec:
     flags: Mapping[str, str] = field(default_factory=dict)
     user_errors: tuple[type[BaseException], ...] = ()
     paths: tuple[str, ...] = ()
+    canonical: Canonical | None = None
+
+    def canonical_form(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` with what the trainable declares irrelevant written one way: two configs with equal canonical
+        forms train the same experiment (a sweep runs only one of them)."""
+        return self.canonical(dict(config)) if self.canonical else dict(config)
 
     def resolve(self, overrides: Mapping[str, Any] | None = None) -> dict[str, Any]:
         """Merge ``overrides`` over the defaults and validate the result; raises :class:`ConfigError`."""
@@ -158,6 +166,7 @@ def register(
     flags: Mapping[str, str] | None = None,
     user_errors: tuple[type[BaseException], ...] = (),
     paths: tuple[str, ...] = (),
+    canonical: Canonical | None = None,
 ) -> Callable[[TrainFn], TrainFn]:
     """Register ``fn(config, ctx)`` as trainable ``name``; ``defaults`` lists every key a config may set.
 
@@ -171,6 +180,8 @@ def register(
     - ``user_errors``: exception types of the method's code that mean the user's input is wrong (exit status 2).
     - ``paths``: config keys that hold local file or folder paths (made absolute on the driver, since trials run in
       other working directories and on other nodes).
+    - ``canonical(config)``: the config with the values that provably cannot change the run written one way (the
+      stochastic-depth schedule when p_L = 1); a sweep collapses configs whose canonical forms are equal.
     """
     validators = validate if isinstance(validate, tuple) else (validate,)
     metrics = dict(metrics or {})
@@ -206,6 +217,7 @@ def register(
             flags=dict(flags or {}),
             user_errors=tuple(user_errors),
             paths=tuple(paths),
+            canonical=canonical,
         )
         return fn
 

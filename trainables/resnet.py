@@ -17,7 +17,7 @@ from trainables.context import Context
 from trainables.layers import OptionAShortcut, block_seed
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
-from trainables.stochastic_depth import StochasticDepth, survival_probabilities
+from trainables.stochastic_depth import StochasticDepth, canonical_schedule, survival_probabilities
 
 _STAGE_WIDTHS = (16, 32, 64)
 _DROPOUT_WHERE = ("branch", "head")
@@ -140,9 +140,17 @@ def validate_resnet(config: dict[str, Any]) -> None:
     check_choice(config, "dropout_where", _DROPOUT_WHERE)
 
 
+def canonical_resnet(config: dict[str, Any]) -> dict[str, Any]:
+    """Configs that train the same net: with dropout 0 no dropout module exists, wherever it was placed; with
+    p_L = 1 the stochastic-depth schedule draws nothing."""
+    if config.get("dropout") == 0.0:
+        config["dropout_where"] = RESNET_DEFAULTS["dropout_where"]
+    return canonical_schedule(config)
+
+
 @register("resnet", defaults=RESNET_DEFAULTS, validate=(validate_loop_config, validate_resnet),
           metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS)
+          paths=LOOP_PATHS, canonical=canonical_resnet)
 def train_resnet(config: dict[str, Any], ctx: Context) -> None:
     """CIFAR ResNet (6n+2) with stochastic depth and dropout (Huang et al. 2016) on the common loop."""
     data = load_data(config)

@@ -12,6 +12,8 @@ When b_l = 0 the branch f_l is skipped entirely, which is where the training spe
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -34,6 +36,14 @@ def survival_probabilities(num_blocks: int, p_L: float, schedule: str = "linear"
         # p_l = p_L for all l
         return [float(p_L)] * L
     raise ValueError(f"unknown schedule {schedule!r}, expected one of {SCHEDULES}")
+
+
+def canonical_schedule(config: dict[str, Any]) -> dict[str, Any]:
+    """With p_L = 1 every p_l is 1 under either schedule and no gate draws (see :class:`StochasticDepth`): the
+    schedule cannot change the run, so it is written as ``linear`` (a sweep then runs the no-SD net once)."""
+    if config.get("p_L") == 1.0:
+        config["sd_schedule"] = "linear"
+    return config
 
 
 class StochasticDepth(SeededDraws, nn.Module):
