@@ -15,7 +15,7 @@ p_l of stochastic depth come from ``trainables/stochastic_depth.py`` (one Bernou
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from torch import Tensor, nn
@@ -31,7 +31,14 @@ from trainables.identity_mappings import (
     ResidualUnit,
 )
 from trainables.layers import block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
+from trainables.loop import (
+    LOOP_DEFAULTS,
+    LOOP_PATHS,
+    LOOP_USER_ERRORS,
+    DatasetBundle,
+    load_data,
+    validate_loop_config,
+)
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.stochastic_depth import SCHEDULES, canonical_schedule, survival_probabilities
 
@@ -206,10 +213,15 @@ def build_from_config(config: dict[str, Any], num_classes: int, in_channels: int
     )
 
 
+def preact_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
+    """The net ``config`` trains on ``data``: the train function's builder and the ``model`` tool."""
+    return build_from_config(dict(config), data.num_classes, data.input_shape[0])
+
+
 @register("preact_resnet", defaults=PREACT_DEFAULTS, validate=(validate_loop_config, validate_preact),
           metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS, canonical=canonical_schedule)
+          paths=LOOP_PATHS, canonical=canonical_schedule, tools={"model": preact_from_config})
 def train_preact_resnet(config: dict[str, Any], ctx: Context) -> None:
     """Original / pre-activation ResNets: orderings, shortcut ablations, bottleneck, widening, stochastic depth."""
     data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: build_from_config(config, data.num_classes, data.input_shape[0]))
+    fit_classifier(ctx, config, data, lambda: preact_from_config(config, data))

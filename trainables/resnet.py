@@ -7,6 +7,7 @@ ResNet-110 (n = 18, L = 54 blocks) has ~1.7M parameters.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import torch.nn.functional as F
@@ -15,7 +16,14 @@ from torch import Tensor, nn
 from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
 from trainables.layers import OptionAShortcut, block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
+from trainables.loop import (
+    LOOP_DEFAULTS,
+    LOOP_PATHS,
+    LOOP_USER_ERRORS,
+    DatasetBundle,
+    load_data,
+    validate_loop_config,
+)
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.stochastic_depth import StochasticDepth, canonical_schedule, survival_probabilities
 
@@ -148,14 +156,20 @@ def canonical_resnet(config: dict[str, Any]) -> dict[str, Any]:
     return canonical_schedule(config)
 
 
-@register("resnet", defaults=RESNET_DEFAULTS, validate=(validate_loop_config, validate_resnet),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS, canonical=canonical_resnet)
-def train_resnet(config: dict[str, Any], ctx: Context) -> None:
-    """CIFAR ResNet (6n+2) with stochastic depth and dropout (Huang et al. 2016) on the common loop."""
-    data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: build_resnet(
+def resnet_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
+    """The net ``config`` trains on ``data``: the train function's builder, and the ``model`` tool (Deep
+    Compression rebuilds a checkpoint's net with it)."""
+    return build_resnet(
         depth=config["depth"], num_classes=data.num_classes, in_channels=data.input_shape[0], p_L=config["p_L"],
         sd_schedule=config["sd_schedule"], dropout=config["dropout"], dropout_where=config["dropout_where"],
         seed=config["seed"],
-    ))
+    )
+
+
+@register("resnet", defaults=RESNET_DEFAULTS, validate=(validate_loop_config, validate_resnet),
+          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
+          paths=LOOP_PATHS, canonical=canonical_resnet, tools={"model": resnet_from_config})
+def train_resnet(config: dict[str, Any], ctx: Context) -> None:
+    """CIFAR ResNet (6n+2) with stochastic depth and dropout (Huang et al. 2016) on the common loop."""
+    data = load_data(config)
+    fit_classifier(ctx, config, data, lambda: resnet_from_config(config, data))

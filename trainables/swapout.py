@@ -22,7 +22,7 @@ F is the full pre-activation basic branch (BN-ReLU-conv3x3-BN-ReLU-conv3x3) of `
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from typing import Any
 
@@ -34,7 +34,14 @@ from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRI
 from trainables.context import Context
 from trainables.identity_mappings import make_branch
 from trainables.layers import OptionAShortcut, SeededDraws, block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
+from trainables.loop import (
+    LOOP_DEFAULTS,
+    LOOP_PATHS,
+    LOOP_USER_ERRORS,
+    DatasetBundle,
+    load_data,
+    validate_loop_config,
+)
 from trainables.preact_resnet import ResidualNet, stage_widths, units_per_stage
 from trainables.registry import ConfigError, check_choice, check_range, register
 
@@ -193,9 +200,21 @@ def validate_swapout(config: dict[str, Any]) -> None:
     check_range(config, "dropout", 0.0, 1.0, high_open=True)
 
 
+def swapout_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
+    """The net ``config`` trains on ``data``: the train function's builder and the ``model`` tool
+    (``inference=both`` builds the deterministic net; the stochastic rule is an eval mode of the same weights)."""
+    both = config["inference"] == "both"
+    return build_swapout_resnet(
+        depth=config["depth"], widen=config["widen"], num_classes=data.num_classes, in_channels=data.input_shape[0],
+        final_rate=config["swap_final"], schedule=config["swap_schedule"],
+        inference="deterministic" if both else config["inference"],
+        samples=config["inference_samples"], dropout=config["dropout"], seed=config["seed"],
+    )
+
+
 @register("swapout", defaults=SWAPOUT_DEFAULTS, validate=(validate_loop_config, validate_swapout),
           metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS)
+          paths=LOOP_PATHS, tools={"model": swapout_from_config})
 def train_swapout(config: dict[str, Any], ctx: Context) -> None:
     """Swapout (Singh et al. 2016) on a pre-activation ResNet: rate schedule, deterministic or stochastic inference."""
     data = load_data(config)
@@ -203,9 +222,4 @@ def train_swapout(config: dict[str, Any], ctx: Context) -> None:
     # inference=both: the plain metrics are the deterministic ones (copied as *_deterministic, not computed twice),
     # and the stochastic ensemble is scored on the same weights.
     modes = {"deterministic": None, "stochastic": lambda net: net.inferring("stochastic")}
-    fit_classifier(ctx, config, data, lambda: build_swapout_resnet(
-        depth=config["depth"], widen=config["widen"], num_classes=data.num_classes, in_channels=data.input_shape[0],
-        final_rate=config["swap_final"], schedule=config["swap_schedule"],
-        inference="deterministic" if both else config["inference"],
-        samples=config["inference_samples"], dropout=config["dropout"], seed=config["seed"],
-    ), eval_modes=modes if both else None)
+    fit_classifier(ctx, config, data, lambda: swapout_from_config(config, data), eval_modes=modes if both else None)
