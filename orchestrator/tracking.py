@@ -65,6 +65,25 @@ def check_reachable(uri: str, timeout: float = 5.0) -> None:
             raise TrackingError(f"cannot write the MLflow sqlite store {uri}: {folder} is not a writable folder")
 
 
+def open_client(uri: str, attempts: int = 6) -> Any:
+    """An MlflowClient whose store exists. A new sqlite store creates its tables on first use, and two processes
+    doing that at once (a sweep and a ``compare``, or a test polling the store) collide on "table ... already
+    exists"; the loser waits for the winner's schema instead of failing the command."""
+    from mlflow.tracking import MlflowClient
+    from sqlalchemy.exc import OperationalError
+
+    for attempt in range(attempts):
+        try:
+            client = MlflowClient(tracking_uri=uri)
+            client.search_experiments(max_results=1)  # opens the store: creates a new sqlite store's tables
+            return client
+        except OperationalError as err:
+            if "already exists" not in str(err) or attempt == attempts - 1:
+                raise
+            time.sleep(0.5 * (attempt + 1))
+    raise AssertionError("unreachable")
+
+
 def git_commit(cwd: str | Path | None = None) -> str | None:
     """The commit of the checkout the code runs from, when there is one."""
     try:
@@ -101,9 +120,7 @@ class SweepTracker:
     @property
     def client(self) -> Any:
         if self._client is None:
-            from mlflow.tracking import MlflowClient
-
-            self._client = MlflowClient(tracking_uri=self.tracking_uri)
+            self._client = open_client(self.tracking_uri)
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:

@@ -66,3 +66,28 @@ def test_a_trial_cut_off_by_an_interrupt_ends_killed_and_is_counted(tmp_path: Pa
     callback.on_experiment_end([trial])  # no on_trial_complete came: the interrupt cut it off
     assert tracker.client.get_run(callback.run_id(trial)).info.status == "KILLED"
     assert tracker.cut_off_children() == 1
+
+
+def test_a_store_created_by_two_processes_at_once_is_waited_for(tmp_path: Path, monkeypatch) -> None:
+    """Two processes opening a new sqlite store at once collide on "table ... already exists" (seen when a test
+    polled the store while the NAS CLI created it: the CLI died); the loser retries instead of failing."""
+    import mlflow.tracking
+    from sqlalchemy.exc import OperationalError
+
+    real = mlflow.tracking.MlflowClient
+    calls: list[int] = []
+
+    def racing_client(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 1:  # the first open loses the race
+            raise OperationalError("CREATE TABLE x", {}, Exception("table metric_rollups already exists"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", racing_client)
+    monkeypatch.setattr(tracking.time, "sleep", lambda seconds: None)
+    client = tracking.open_client(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    assert len(calls) == 2 and client.search_experiments()[0].name == "Default"
+    monkeypatch.setattr(mlflow.tracking, "MlflowClient", lambda *a, **k: (_ for _ in ()).throw(
+        OperationalError("SELECT", {}, Exception("no such table: experiments"))))
+    with pytest.raises(OperationalError):  # any other store error is not a race: it is raised at once
+        tracking.open_client(f"sqlite:///{tmp_path / 'other.db'}")
