@@ -22,6 +22,7 @@ from torch import Tensor, nn
 
 from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
+from trainables.data import DatasetBundle
 from trainables.identity_mappings import (
     BLOCKS,
     BOTTLENECK_EXPANSION,
@@ -31,14 +32,7 @@ from trainables.identity_mappings import (
     ResidualUnit,
 )
 from trainables.layers import block_seed
-from trainables.loop import (
-    LOOP_DEFAULTS,
-    LOOP_PATHS,
-    LOOP_USER_ERRORS,
-    DatasetBundle,
-    load_data,
-    validate_loop_config,
-)
+from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.stochastic_depth import SCHEDULES, canonical_schedule, survival_probabilities
 

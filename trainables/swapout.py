@@ -32,16 +32,10 @@ from torch import Tensor, nn
 
 from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
+from trainables.data import DatasetBundle
 from trainables.identity_mappings import make_branch
 from trainables.layers import OptionAShortcut, SeededDraws, block_seed
-from trainables.loop import (
-    LOOP_DEFAULTS,
-    LOOP_PATHS,
-    LOOP_USER_ERRORS,
-    DatasetBundle,
-    load_data,
-    validate_loop_config,
-)
+from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.preact_resnet import ResidualNet, stage_widths, units_per_stage
 from trainables.registry import ConfigError, check_choice, check_range, register
 
