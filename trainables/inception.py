@@ -31,7 +31,7 @@ from torch import Tensor, nn
 from trainables import inception_blocks as ib
 from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
-from trainables.data import DatasetBundle
+from trainables.data import DatasetBundle, known_input_shape
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
 
@@ -170,10 +170,6 @@ INCEPTION_DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
 }
 
-# Input sizes of the shipped datasets: `input_size="full"` on them is a user error caught before any trial starts.
-_KNOWN_SIZES = {"mnist5k": 28, "digits": 8, "cifar10": 32, "cifar100": 32, "svhn": 32}
-
-
 def validate_inception(config: dict[str, Any]) -> None:
     check_choice(config, "arch", ARCHS)
     check_choice(config, "input_size", INPUT_SIZES)
@@ -183,7 +179,8 @@ def validate_inception(config: dict[str, Any]) -> None:
     blocks = config["blocks"]
     if len(blocks) != 3 or not all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 64 for b in blocks):
         raise ConfigError(f"blocks={blocks!r} must be three block counts (stages A, B, C) in [0, 64]")
-    size = _KNOWN_SIZES.get(config["dataset"])
+    shape = known_input_shape(config["dataset"])  # None for a registered dataset: its images are checked in the trial
+    size = min(shape[1:]) if shape is not None else None
     if config["input_size"] == "full" and size is not None and size < MIN_FULL_SIZE:
         raise ConfigError(f"input_size='full' needs images of at least {MIN_FULL_SIZE}x{MIN_FULL_SIZE}; "
                           f"dataset {config['dataset']!r} has {size}x{size} (use input_size='small' or 'auto')")

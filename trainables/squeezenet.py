@@ -42,7 +42,7 @@ from torch import Tensor, nn
 
 from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
 from trainables.context import Context
-from trainables.data import DatasetBundle
+from trainables.data import DatasetBundle, known_input_shape
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.registry import ConfigError, check_choice, check_range, register
 
@@ -225,6 +225,12 @@ def validate_squeezenet(config: dict[str, Any]) -> None:
             fire_filters(i, config["base_e"], config["incr_e"], config["freq"], config["pct_3x3"], config["sq_ratio"])
         except ValueError as err:
             raise ConfigError(str(err)) from None
+    shape = known_input_shape(config["dataset"])
+    if shape is not None:  # too small an image for the variant's pools: say so now, not in every trial
+        try:
+            spatial_sides(min(shape[1:]), resolve_input_size(config["input_size"], shape))
+        except ValueError as err:
+            raise ConfigError(f"dataset {config['dataset']!r}: {err} (use input_size='small' or 'auto')") from None
 
 
 def build(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
