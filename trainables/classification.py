@@ -18,7 +18,8 @@ from torch import nn
 from trainables.batching import BatchLoader
 from trainables.context import Context, unwrap
 from trainables.data import DatasetBundle
-from trainables.loop import fit
+from trainables.loop import LOOP_PATHS, LOOP_USER_ERRORS, fit, load_data, validate_loop_config
+from trainables.registry import Canonical, Mode, TrainFn, Validator, register
 from trainables.task import Task, Total
 
 # What a classification trainable reports and which way is better (registered with the trainable).
@@ -30,6 +31,8 @@ CLASSIFICATION_METRICS: dict[str, str] = {
 CLASSIFICATION_PRIMARY = "val_error"
 
 LossFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# The model of a classifier: (config, dataset) -> network; also the trainable's ``model`` tool.
+BuildModel = Callable[[Mapping[str, Any], DatasetBundle], nn.Module]
 # name -> a context manager that puts the model into that inference mode, or None for the model's own mode
 # (its metrics are the plain ones, copied, not computed twice).
 EvalModes = Mapping[str, Callable[[nn.Module], AbstractContextManager[Any]] | None]
@@ -102,3 +105,29 @@ def fit_classifier(ctx: Context, config: Mapping[str, Any], data: DatasetBundle,
     """Train ``build_model()`` on ``data`` with the common loop; returns the last epoch's metrics."""
     task = ClassificationTask(data, build_model, config["batch_size"], loss_fn, eval_modes, seed=int(config["seed"]))
     return fit(ctx, config, task)
+
+
+def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, Any], description: str,
+                        validate: Validator | tuple[Validator, ...] = (),
+                        eval_modes: Callable[[Mapping[str, Any]], EvalModes | None] | None = None,
+                        metrics: Mapping[str, Mode] = CLASSIFICATION_METRICS, canonical: Canonical | None = None,
+                        ) -> TrainFn:
+    """Register ``name`` as image classification on the common loop and return its train function.
+
+    A classifier writes only its model, ``build(config, data)``: the loop's keys are validated before its own
+    ``validate``; it reports :data:`CLASSIFICATION_METRICS` (or ``metrics``) ranked by val_error; ``build`` is also
+    its ``model`` tool (Deep Compression rebuilds a checkpoint's net with it); ``eval_modes(config)`` names other
+    inference rules scored on the same weights every epoch.
+    """
+    def train(config: dict[str, Any], ctx: Context) -> None:
+        data = load_data(config)
+        modes = eval_modes(config) if eval_modes is not None else None
+        fit_classifier(ctx, config, data, lambda: build(config, data), eval_modes=modes or None)
+
+    # Named after the method, in its module, so tracebacks and profiles say which trainable ran.
+    train.__name__ = train.__qualname__ = f"train_{name}"
+    train.__module__, train.__doc__ = build.__module__, description
+    validators = validate if isinstance(validate, tuple) else (validate,)
+    return register(name, defaults=defaults, validate=(validate_loop_config, *validators), description=description,
+                    metrics=metrics, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS, paths=LOOP_PATHS,
+                    canonical=canonical, tools={"model": build})(train)

@@ -29,13 +29,12 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
-from trainables.context import Context
+from trainables.classification import CLASSIFICATION_METRICS, register_classifier
 from trainables.data import DatasetBundle
 from trainables.fractional_pooling import FMP_KINDS, FMP_OVERLAPS, FractionalMaxPool, fmp_output_size
 from trainables.layers import block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.loop import LOOP_DEFAULTS
+from trainables.registry import ConfigError, check_choice, check_range
 
 MAX_PAD = 64  # padding searched for the chain of sizes to end at 2
 
@@ -208,9 +207,7 @@ def averaged_modes(config: Mapping[str, Any]) -> dict[str, Any]:
     return {f"avg{n}": (lambda net, n=n: net.averaging(n)) for n in [*points, top] if n > 1}
 
 
-@register("fmp_net", defaults=FMP_DEFAULTS, validate=(validate_loop_config, validate_fmp), metrics=FMP_METRICS,
-          primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS, paths=LOOP_PATHS, tools={"model": build})
-def train_fmp_net(config: dict[str, Any], ctx: Context) -> None:
-    """Fractional max-pooling nets (Graham 2014): C2-FMP layers, fixed or test-time averaged sequences at eval."""
-    data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: build(config, data), eval_modes=averaged_modes(config) or None)
+train_fmp_net = register_classifier(
+    "fmp_net", build, defaults=FMP_DEFAULTS, validate=validate_fmp, metrics=FMP_METRICS, eval_modes=averaged_modes,
+    description="Fractional max-pooling nets (Graham 2014): C2-FMP layers, fixed or test-time averaged sequences at "
+                "eval.")

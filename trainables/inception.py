@@ -29,11 +29,10 @@ from typing import Any
 from torch import Tensor, nn
 
 from trainables import inception_blocks as ib
-from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
-from trainables.context import Context
+from trainables.classification import register_classifier
 from trainables.data import DatasetBundle, known_input_shape
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.loop import LOOP_DEFAULTS
+from trainables.registry import ConfigError, check_choice, check_range
 
 ARCHS = ("inception_v4", "inception_resnet_v2")
 INPUT_SIZES = ("auto", "full", "small")
@@ -202,10 +201,7 @@ def canonical_inception(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@register("inception", defaults=INCEPTION_DEFAULTS, validate=(validate_loop_config, validate_inception),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS, canonical=canonical_inception, tools={"model": build})
-def train_inception(config: dict[str, Any], ctx: Context) -> None:
-    """Inception-v4 / Inception-ResNet-v2 (Szegedy et al. 2016), full size or small-input, on the common loop."""
-    data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: build(config, data))
+train_inception = register_classifier(
+    "inception", build, defaults=INCEPTION_DEFAULTS, validate=validate_inception, canonical=canonical_inception,
+    description="Inception-v4 / Inception-ResNet-v2 (Szegedy et al. 2016), full size or small-input, on the common "
+                "loop.")

@@ -20,8 +20,7 @@ from typing import Any
 
 from torch import Tensor, nn
 
-from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
-from trainables.context import Context
+from trainables.classification import register_classifier
 from trainables.data import DatasetBundle
 from trainables.identity_mappings import (
     BLOCKS,
@@ -32,8 +31,8 @@ from trainables.identity_mappings import (
     ResidualUnit,
 )
 from trainables.layers import block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.loop import LOOP_DEFAULTS
+from trainables.registry import ConfigError, check_choice, check_range
 from trainables.stochastic_depth import SCHEDULES, canonical_schedule, survival_probabilities
 
 STEMS = ("cifar", "imagenet")
@@ -212,10 +211,8 @@ def preact_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Mod
     return build_from_config(dict(config), data.num_classes, data.input_shape[0])
 
 
-@register("preact_resnet", defaults=PREACT_DEFAULTS, validate=(validate_loop_config, validate_preact),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS, canonical=canonical_schedule, tools={"model": preact_from_config})
-def train_preact_resnet(config: dict[str, Any], ctx: Context) -> None:
-    """Original / pre-activation ResNets: orderings, shortcut ablations, bottleneck, widening, stochastic depth."""
-    data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: preact_from_config(config, data))
+train_preact_resnet = register_classifier(
+    "preact_resnet", preact_from_config, defaults=PREACT_DEFAULTS, validate=validate_preact,
+    canonical=canonical_schedule,
+    description="Original / pre-activation ResNets: orderings, shortcut ablations, bottleneck, widening, stochastic "
+                "depth.")

@@ -13,12 +13,11 @@ from typing import Any
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
-from trainables.context import Context
+from trainables.classification import register_classifier
 from trainables.data import DatasetBundle
 from trainables.layers import OptionAShortcut, block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.loop import LOOP_DEFAULTS
+from trainables.registry import ConfigError, check_choice, check_range
 from trainables.stochastic_depth import StochasticDepth, canonical_schedule, survival_probabilities
 
 _STAGE_WIDTHS = (16, 32, 64)
@@ -160,10 +159,6 @@ def resnet_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Mod
     )
 
 
-@register("resnet", defaults=RESNET_DEFAULTS, validate=(validate_loop_config, validate_resnet),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS, canonical=canonical_resnet, tools={"model": resnet_from_config})
-def train_resnet(config: dict[str, Any], ctx: Context) -> None:
-    """CIFAR ResNet (6n+2) with stochastic depth and dropout (Huang et al. 2016) on the common loop."""
-    data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: resnet_from_config(config, data))
+train_resnet = register_classifier(
+    "resnet", resnet_from_config, defaults=RESNET_DEFAULTS, validate=validate_resnet, canonical=canonical_resnet,
+    description="CIFAR ResNet (6n+2) with stochastic depth and dropout (Huang et al. 2016) on the common loop.")

@@ -40,11 +40,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
-from trainables.context import Context
+from trainables.classification import register_classifier
 from trainables.data import DatasetBundle, known_input_shape
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.loop import LOOP_DEFAULTS
+from trainables.registry import ConfigError, check_choice, check_range
 
 BYPASS = ("none", "simple", "complex")
 INPUT_SIZES = ("auto", "imagenet", "small")
@@ -243,10 +242,7 @@ def build(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
     )
 
 
-@register("squeezenet", defaults=SQUEEZENET_DEFAULTS, validate=(validate_loop_config, validate_squeezenet),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS, tools={"model": build})
-def train_squeezenet(config: dict[str, Any], ctx: Context) -> None:
-    """SqueezeNet (Iandola et al. 2016): fire modules sized by base_e, incr_e, freq, pct_3x3, SR; bypass variants."""
-    data = load_data(config)
-    fit_classifier(ctx, config, data, lambda: build(config, data))
+train_squeezenet = register_classifier(
+    "squeezenet", build, defaults=SQUEEZENET_DEFAULTS, validate=validate_squeezenet,
+    description="SqueezeNet (Iandola et al. 2016): fire modules sized by base_e, incr_e, freq, pct_3x3, SR; bypass "
+                "variants.")

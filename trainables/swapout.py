@@ -30,14 +30,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
-from trainables.context import Context
+from trainables.classification import EvalModes, register_classifier
 from trainables.data import DatasetBundle
 from trainables.identity_mappings import make_branch
 from trainables.layers import OptionAShortcut, SeededDraws, block_seed
-from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
+from trainables.loop import LOOP_DEFAULTS
 from trainables.preact_resnet import ResidualNet, stage_widths, units_per_stage
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.registry import ConfigError, check_choice, check_range
 
 SWAP_SCHEDULES = ("linear", "uniform")
 INFERENCE = ("deterministic", "stochastic")
@@ -206,14 +205,15 @@ def swapout_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Mo
     )
 
 
-@register("swapout", defaults=SWAPOUT_DEFAULTS, validate=(validate_loop_config, validate_swapout),
-          metrics=CLASSIFICATION_METRICS, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS,
-          paths=LOOP_PATHS, tools={"model": swapout_from_config})
-def train_swapout(config: dict[str, Any], ctx: Context) -> None:
-    """Swapout (Singh et al. 2016) on a pre-activation ResNet: rate schedule, deterministic or stochastic inference."""
-    data = load_data(config)
-    both = config["inference"] == "both"
-    # inference=both: the plain metrics are the deterministic ones (copied as *_deterministic, not computed twice),
-    # and the stochastic ensemble is scored on the same weights.
-    modes = {"deterministic": None, "stochastic": lambda net: net.inferring("stochastic")}
-    fit_classifier(ctx, config, data, lambda: swapout_from_config(config, data), eval_modes=modes if both else None)
+def paired_inference(config: Mapping[str, Any]) -> EvalModes | None:
+    """inference=both: the plain metrics are the deterministic ones (copied as *_deterministic, not computed twice),
+    and the stochastic ensemble is scored on the same weights."""
+    if config["inference"] != "both":
+        return None
+    return {"deterministic": None, "stochastic": lambda net: net.inferring("stochastic")}
+
+
+train_swapout = register_classifier(
+    "swapout", swapout_from_config, defaults=SWAPOUT_DEFAULTS, validate=validate_swapout, eval_modes=paired_inference,
+    description="Swapout (Singh et al. 2016) on a pre-activation ResNet: rate schedule, deterministic or stochastic "
+                "inference.")
