@@ -180,7 +180,10 @@ def latest_experiment(storage: str, stem: str) -> str:
 
 
 def completion_status(spec: registry.TrainableSpec, result: Any) -> str:
-    """ERROR, OK (the declared budget was reached) or partial (stopped by a scheduler or cut off by an interrupt)."""
+    """ERROR, OK (the declared budget was reached), partial (stopped by a scheduler or cut off by an interrupt) or
+    no report (an interrupt came before the trial reported anything, e.g. while it was pending)."""
     if result.error:
         return "ERROR"
+    if not result.metrics or "training_iteration" not in result.metrics:
+        return "no report"  # without this check an empty result has no budget to fall short of: it read "OK"
     return "OK" if spec.is_complete(result.config or {}, result.metrics or {}) else "partial"

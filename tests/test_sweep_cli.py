@@ -125,6 +125,16 @@ def test_an_interrupted_rl_trial_is_partial_not_ok() -> None:
     assert list(zip(table["trial_id"], table["status"], strict=True)) == [("cut", "partial"), ("done", "OK")]
 
 
+def test_a_trial_that_never_reported_is_not_ok() -> None:
+    """An interrupt while trials are pending leaves results with no metrics and no config; they read "OK" before."""
+    space = spaces.SweepSpace(name="dqn_two", path=Path("dqn_two.yaml"), trainable="dqn", metric="eval_return_mean",
+                              mode="max")
+    pending = SimpleNamespace(metrics={}, config=None, error=None, path="/results/dqn_00001_1_seed=1")
+    table = sweep.results_table([pending, _result("done", {"frames": 10}, eval_return_mean=1.0, env_frames=10,
+                                                          training_iteration=1)], space)
+    assert list(table["status"]) == ["OK", "no report"]
+
+
 def test_final_table_ranks_by_the_declared_direction(tmp_path: Path, registered) -> None:
     """A space file without ``mode`` ranks by the trainable's declared direction (val_error: lower first)."""
     registered("ranked", lambda config, ctx: None, defaults={"epochs": 1, "seed": 0},
