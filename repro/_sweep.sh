@@ -13,3 +13,18 @@ repro_sweep() {
     --set depth="${DEPTH:-$depth}" epochs="${EPOCHS:-$epochs}" limit_train_batches="${BATCHES:-$batches}" "$@" \
     ${EXTRA_SET:-}
 }
+
+# `repro_space NAME [KEY=VALUE ...]` runs search_spaces/NAME.yaml (a method's own space, budgets in the file) into
+# $EXP; EPOCHS and BATCHES override the file's budget only when set (not every trainable has a depth).
+repro_space() {
+  local name=$1
+  shift
+  local set=("$@")
+  [[ -n ${EPOCHS:-} ]] && set+=("epochs=$EPOCHS")
+  [[ -n ${BATCHES:-} ]] && set+=("limit_train_batches=$BATCHES")
+  # shellcheck disable=SC2206  # EXTRA_SET is a word list on purpose
+  set+=(${EXTRA_SET:-})
+  # shellcheck disable=SC2086
+  python -m orchestrator.sweep "search_spaces/$name.yaml" --experiment "$EXP" --seeds "${SEEDS:-3}" ${SWEEP_ARGS:-} \
+    ${set[@]:+--set "${set[@]}"}
+}
