@@ -111,18 +111,20 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
                         validate: Validator | tuple[Validator, ...] = (),
                         eval_modes: Callable[[Mapping[str, Any]], EvalModes | None] | None = None,
                         metrics: Mapping[str, Mode] = CLASSIFICATION_METRICS, canonical: Canonical | None = None,
-                        ) -> TrainFn:
+                        loss: Callable[[Mapping[str, Any]], LossFn] | None = None) -> TrainFn:
     """Register ``name`` as image classification on the common loop and return its train function.
 
     A classifier writes only its model, ``build(config, data)``: the loop's keys are validated before its own
     ``validate``; it reports :data:`CLASSIFICATION_METRICS` (or ``metrics``) ranked by val_error; ``build`` is also
     its ``model`` tool (Deep Compression rebuilds a checkpoint's net with it); ``eval_modes(config)`` names other
-    inference rules scored on the same weights every epoch.
+    inference rules scored on the same weights every epoch; ``loss(config)`` replaces cross-entropy (a linear SVM's
+    hinge loss).
     """
     def train(config: dict[str, Any], ctx: Context) -> None:
         data = load_data(config)
         modes = eval_modes(config) if eval_modes is not None else None
-        fit_classifier(ctx, config, data, lambda: build(config, data), eval_modes=modes or None)
+        loss_fn = loss(config) if loss is not None else F.cross_entropy
+        fit_classifier(ctx, config, data, lambda: build(config, data), loss_fn=loss_fn, eval_modes=modes or None)
 
     # Named after the method, in its module, so tracebacks and profiles say which trainable ran.
     train.__name__ = train.__qualname__ = f"train_{name}"
