@@ -5,7 +5,7 @@ Why: the issue's goal is at most 1.5x torch's time, forward + backward, on the c
 the paper's regions [a_{i-1}, a_i] of 2 or 3 rows, so ours reads a little more). Each call draws fresh sequences in
 both layers (per image; torch also per channel). The shapes are the first FMP layers of the fmp_net trainable on
 MNIST (16n filters, batch 128). Arms are interleaved call by call (ours, torch, ours, torch, ...) after one warm-up
-call each; the table gives medians and the ratio of medians.
+call each; the table gives medians, the ratio of medians and the foreign load (cores other processes kept busy).
 """
 
 from __future__ import annotations
@@ -41,7 +41,7 @@ def main() -> None:
     table = _common.Table(
         f"FMP forward + backward, pseudorandom overlapping, alpha = sqrt 2, {args.threads} thread(s), "
         f"{args.repeats} interleaved repeats (median ms)",
-        ["input (B, C, H=W)", "output", "ours", "torch", "ours / torch"])
+        ["input (B, C, H=W)", "output", "ours", "torch", "ours / torch", "foreign load"])
     ratios = []
     for batch, channels, size in SHAPES:
         x = torch.randn(batch, channels, size, size, generator=torch.Generator().manual_seed(0))
@@ -55,12 +55,14 @@ def main() -> None:
         times: dict[str, list[float]] = {name: [] for name in arms}
         for fn in arms.values():
             step_seconds(fn, x)  # warm-up
-        for _ in range(args.repeats):
-            for name, fn in arms.items():
-                times[name].append(step_seconds(fn, x))
+        with _common.ForeignLoad() as load:
+            for _ in range(args.repeats):
+                for name, fn in arms.items():
+                    times[name].append(step_seconds(fn, x))
         med = {name: _common.median(values) for name, values in times.items()}
         ratios.append(med["ours"] / med["torch"])
-        table.add(f"({batch}, {channels}, {size})", n_out, 1000 * med["ours"], 1000 * med["torch"], ratios[-1])
+        table.add(f"({batch}, {channels}, {size})", n_out, 1000 * med["ours"], 1000 * med["torch"], ratios[-1],
+                  load.value)
     table.notes.append(f"goal: ours / torch <= 1.5; worst shape {max(ratios):.2f}")
     table.notes.append(f"load1 before {load_before:.2f}; {_common.environment(str(args.threads))}")
     _common.emit([table], args.markdown, "## fmp_layer")

@@ -10,7 +10,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from trainables import registry
+from trainables import fractional_pooling, registry
 from trainables.fmp_net import FMPNet, build
 from trainables.fractional_pooling import (
     FractionalMaxPool,
@@ -19,6 +19,7 @@ from trainables.fractional_pooling import (
     max_pool_regions,
     pseudorandom_boundaries,
     random_boundaries,
+    region_argmax,
     regions,
     torch_windows,
 )
@@ -61,11 +62,13 @@ def test_regions_cover_every_row_and_overlap_only_at_boundaries(draw, overlappin
         assert torch.equal(start[:, 1:], end[:, :-1] + 1)
 
 
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])  # the generic path and the float64-key path
 @pytest.mark.parametrize("overlapping", [False, True])
 @pytest.mark.parametrize("draw", [random_boundaries, pseudorandom_boundaries])
-def test_pooling_equals_the_definition_forward_and_backward(draw, overlapping: bool) -> None:  # noqa: ANN001
+def test_pooling_equals_the_definition_forward_and_backward(draw, overlapping: bool,  # noqa: ANN001
+                                                            dtype: torch.dtype) -> None:
     g = torch.Generator().manual_seed(2)
-    x = torch.randn(3, 2, 11, 9, dtype=torch.float64, requires_grad=True)
+    x = torch.randn(3, 2, 11, 9, dtype=dtype, generator=g).requires_grad_(True)
     rows = regions(draw(3, fmp_output_size(11, 1.5, overlapping), fmp_span(11, overlapping), g), overlapping)
     cols = regions(draw(3, fmp_output_size(9, 1.5, overlapping), fmp_span(9, overlapping), g), overlapping)
     ours = max_pool_regions(x, rows, cols)
@@ -75,6 +78,52 @@ def test_pooling_equals_the_definition_forward_and_backward(draw, overlapping: b
     (grad,) = torch.autograd.grad((ours * weights).sum(), x)
     (grad_ref,) = torch.autograd.grad((ref * weights).sum(), x)
     torch.testing.assert_close(grad, grad_ref)  # the gradient goes to the maximum of every region
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("overlapping", [False, True])
+def test_fast_path_picks_the_generic_paths_cells_also_on_ties(overlapping: bool, dtype: torch.dtype,
+                                                              monkeypatch: pytest.MonkeyPatch) -> None:
+    """float32 and bfloat16 pool through float64 keys (value and position in one number, images in chunks), float64
+    through a 3 x 3 argmax: on values >= 0 with many ties both pick the first maximal cell in row-major order."""
+    monkeypatch.setattr(fractional_pooling, "_CHUNK_CELLS", 3 * 2 * 13 * 11)  # chunks of 3, 3 and 1 images
+    g = torch.Generator().manual_seed(5)
+    x = torch.randint(0, 4, (7, 2, 13, 11), generator=g).to(dtype)
+    rows = regions(random_boundaries(7, fmp_output_size(13, 1.4, overlapping), fmp_span(13, overlapping), g),
+                   overlapping)
+    cols = regions(pseudorandom_boundaries(7, fmp_output_size(11, 1.4, overlapping), fmp_span(11, overlapping), g),
+                   overlapping)
+    fast = region_argmax(x, rows, cols)
+    assert torch.equal(fast, region_argmax(x.double(), rows, cols))
+    assert torch.equal(max_pool_regions(x, rows, cols), brute_force(x, rows, cols))
+    top_left = rows[0][:, None, :, None] * 11 + cols[0][:, None, None, :]  # all equal: the region's first cell
+    assert torch.equal(region_argmax(torch.zeros_like(x), rows, cols), top_left.expand_as(fast))
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_infinities_and_nan_pool_as_the_definition(dtype: torch.dtype) -> None:
+    """-inf loses to every number and +inf wins, and a NaN in a region makes its maximum NaN, as torch's pooling
+    does (the float64 keys hold them as finite numbers beyond float32's range)."""
+    g = torch.Generator().manual_seed(6)
+    x = torch.randn(2, 3, 11, 9, dtype=dtype, generator=g)
+    x[0, 0, :5] = -math.inf
+    x[0, 1, 4, 4] = math.inf
+    x[1, 0] = -math.inf
+    x[1, 2, 6, 2] = math.nan
+    rows = regions(pseudorandom_boundaries(2, 7, 10, g), overlapping=True)
+    cols = regions(pseudorandom_boundaries(2, 6, 8, g), overlapping=True)
+    ours = max_pool_regions(x, rows, cols)
+    torch.testing.assert_close(ours, brute_force(x, rows, cols), equal_nan=True)
+    assert ours.isnan().sum() > 0 and ours.isposinf().sum() > 0 and ours[1, 0].isneginf().all()
+
+
+def test_regions_of_mixed_widths_are_refused() -> None:
+    x = torch.randn(1, 1, 5, 5)
+    good = (torch.tensor([[0, 2]]), torch.tensor([[2, 4]]))
+    for bad in [(torch.tensor([[0, 1]]), torch.tensor([[0, 3]])), (torch.tensor([[0, 1]]), torch.tensor([[3, 4]]))]:
+        for dtype in (torch.float32, torch.float64):
+            with pytest.raises(ValueError, match="cells wide"):
+                region_argmax(x.to(dtype), bad, good)
 
 
 # ---------------------------------------------------------------------------------------------------- sequences
@@ -98,10 +147,13 @@ def test_pseudorandom_is_the_paper_formula() -> None:
 
 
 # ---------------------------------------------------------------------------------------------- torch's layer
-def test_agrees_with_torch_fractional_max_pool_given_its_samples() -> None:
+@pytest.mark.parametrize("ties", [False, True])
+def test_agrees_with_torch_fractional_max_pool_given_its_samples(ties: bool) -> None:
     """torch.nn.FractionalMaxPool2d pools fixed k x k windows at pseudorandom starts (one sample pair per image and
-    channel): given the windows its samples define, our pooling gives its output and gradient exactly."""
-    x = torch.randn(2, 3, 25, 23, requires_grad=True)
+    channel): given the windows its samples define, our pooling gives its output and gradient exactly (with ties
+    among values >= 0 too: both take the first maximal cell in row-major order)."""
+    x = torch.randint(0, 3, (2, 3, 25, 23)).float() if ties else torch.randn(2, 3, 25, 23)
+    x.requires_grad_(True)
     samples = torch.rand(2, 3, 2)  # [..., 0] -> columns, [..., 1] -> rows (aten's kernel)
     ref = F.fractional_max_pool2d(x, 2, output_size=(17, 16), _random_samples=samples)
     ours = torch.cat([max_pool_regions(x[:, c:c + 1], torch_windows(samples[:, c, 1], 25, 17, 2),

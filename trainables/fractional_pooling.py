@@ -114,46 +114,100 @@ def torch_windows(u: Tensor, n_in: int, n_out: int, kernel: int) -> tuple[Tensor
     return start, start + kernel - 1
 
 
-def _max3(values: list[Tensor]) -> tuple[Tensor, Tensor]:
-    """The elementwise max of three tensors and which one won (uint8 0, 1, 2; the first one on ties, as torch's
-    kernel). Chained ``maximum`` and byte compares: much cheaper on CPU than ``max(dim)`` or int64 ``where``."""
-    first = torch.maximum(values[0], values[1])
-    pick = (values[1] > values[0]).to(torch.uint8)
-    return torch.maximum(first, values[2]), pick.masked_fill_(values[2] > first, 2)
+# Fast path: the maximum of a region and where it is in one float64 "key" per input cell. float32, float16 and bfloat16
+# values convert to float64 exactly with (at least) the low 29 mantissa bits zero; those bits get (h W + w) XOR
+# (2^29 - 1), so a max over keys is a max over values (distinct values differ in higher bits) whose position is read
+# back from the low bits. Equal values >= 0 keep the first cell in row-major order (torch's kernel); equal negative
+# values the last (the low bits add to the magnitude) and +0 beats -0, which changes only which of equal inputs gets
+# the gradient. Other dtypes (float64: no spare bits) take a generic path with torch's rule throughout.
+_KEY_DTYPES = (torch.float32, torch.float16, torch.bfloat16)
+_LOW_BITS = 29
+_LOW = (1 << _LOW_BITS) - 1
+# Beyond every float32: infinities go to +-2^1000 (an infinity with mantissa bits would be a NaN), NaNs to 2^1001 so
+# that they win as in torch's pooling (a NaN key would lose its position bits: the vectorised max returns a new NaN).
+_KEY_INF, _KEY_NAN = 2.0 ** 1000, 2.0 ** 1001
+# On the CPU, images go in chunks of about 2 MiB of keys, so that the ten or so passes over them run in cache: 1.5 to
+# 2.5x faster than whole batches of 1-2 M cells (bench/fmp_layer.py shapes, 2^16 to 2^20 cells tried; 2^17-2^18 best).
+_CHUNK_CELLS = 1 << 18
 
 
-def _offsets(start: Tensor, end: Tensor) -> Tensor:
-    """(B, N_out, 3): candidate k of every region, start + min(k, end - start): start, start + 1 (or end), end cover
-    a region of at most 3 cells (a repeated cell leaves the max as it is)."""
-    if int((end - start).max()) > 2:
-        raise ValueError("regions of fractional max-pooling are at most 3 cells wide")
-    return start.unsqueeze(-1) + torch.minimum(torch.arange(3, device=start.device), (end - start).unsqueeze(-1))
+def _take(keys: Tensor, index: Tensor, dim: int) -> Tensor:
+    """keys[b, c, index[b, i]] along rows (dim 2) or columns (dim 3); index (B, N) is shared by the channels."""
+    b, c, h, w = keys.shape
+    if dim == 3:
+        return keys.gather(3, index[:, None, None, :].expand(b, c, h, -1))
+    # rows: whole rows of the (B C H, W) matrix copied with one index_select (much cheaper than a gather)
+    rows = torch.arange(b * c, device=keys.device).view(b, c, 1) * h + index[:, None, :]
+    return keys.reshape(b * c * h, w).index_select(0, rows.reshape(-1)).view(b, c, -1, w)
+
+
+def _pairs(start: Tensor, end: Tensor, device: torch.device) -> tuple[Tensor, Tensor, bool]:
+    """(first, second, slide): the max over every region [s, e] is max(k_first, k_second) of the keys k, or of
+    M_t = max(k_t, k_{t+1}) if ``slide``. Regions of 1 or 2 cells: max(k_s, k_e); of 2 or 3: max(M_s, M_{e-1})
+    (M_{e-1} = M_s for 2 cells). Two selections per axis, and nothing of size (..., k, k) is materialised."""
+    width = end - start
+    low, high = int(width.min()), int(width.max())
+    if high <= 1 and low >= 0:
+        return start.to(device), end.to(device), False
+    if high == 2 and low >= 1:
+        return start.to(device), (end - 1).to(device), True
+    raise ValueError("fractional max-pooling regions must be 1-2 or 2-3 cells wide along each axis")
+
+
+def _region_max(keys: Tensor, first: Tensor, second: Tensor, slide: bool, dim: int) -> Tensor:
+    """The max of the keys over every region along ``dim`` (2: rows, 3: columns), as :func:`_pairs` says."""
+    if slide:
+        size = keys.shape[dim] - 1
+        keys = torch.maximum(keys.narrow(dim, 0, size), keys.narrow(dim, 1, size))  # M_t = max(k_t, k_{t+1})
+    out = _take(keys, first, dim)
+    return torch.maximum(out, _take(keys, second, dim), out=out)
+
+
+def _keyed_argmax(x: Tensor, rows: tuple[Tensor, Tensor, bool], cols: tuple[Tensor, Tensor, bool]) -> Tensor:
+    """The fast path of :func:`region_argmax` (rows, cols from :func:`_pairs`): rows first, then columns."""
+    h, w = x.shape[2:]
+    keys = x.to(torch.float64).nan_to_num_(nan=_KEY_NAN, posinf=_KEY_INF, neginf=-_KEY_INF)
+    keys.view(torch.int64).bitwise_or_(torch.arange(h * w, device=x.device).view(h, w) ^ _LOW)
+    keys = _region_max(keys, *rows, dim=2)  # (B, C, N_rows, W)
+    keys = _region_max(keys, *cols, dim=3)  # (B, C, N_rows, N_cols)
+    return keys.view(torch.int64).bitwise_and_(_LOW).bitwise_xor_(_LOW)  # back to h W + w
+
+
+def _generic_argmax(x: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor]) -> Tensor:
+    """Any dtype (float64, integers): the 3 x 3 candidate cells of every region (start, start + 1 or end, end per
+    axis; a repeated cell changes nothing) gathered and reduced with ``argmax`` (the first maximum, row-major)."""
+    b, c, h, w = x.shape
+    rows, cols = ((s.to(x.device), e.to(x.device)) for s, e in (rows, cols))
+    offset = torch.arange(3, device=x.device)
+    row_cand, col_cand = (s.unsqueeze(-1) + torch.minimum(offset, (e - s).unsqueeze(-1)) for s, e in (rows, cols))
+    n, m = row_cand.shape[1], col_cand.shape[1]
+    cells = (row_cand[:, :, None, :, None] * w + col_cand[:, None, :, None, :]).reshape(b, 1, n * m, 9)
+    cells = cells.expand(b, c, -1, -1)
+    pick = x.flatten(2).gather(2, cells.reshape(b, c, -1)).view(b, c, n * m, 9).argmax(3, keepdim=True)
+    return cells.gather(3, pick).view(b, c, n, m)
 
 
 @torch.no_grad()
 def region_argmax(x: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor]) -> Tensor:
     """(B, C, N_rows, N_cols) flat index h * W + w of the maximum of x over every region P_i x Q_j.
 
-    rows/cols are inclusive (start, end) of shape (B or 1, N_out). A max over a rectangle is the max over its
-    columns of the max over its rows, so rows are reduced first (each of the 3 candidate rows of every region copied
-    whole with ``index_select``), then columns (``gather`` of the smaller row-pooled tensor). Only which candidate
-    won is kept (bytes); the flat index is read at the end from a small (B, N_rows, N_cols, 9) table.
+    rows/cols are inclusive (start, end) of shape (B or 1, N_out), shared by the channels; best on the CPU (their
+    checks read them there; they move to x's device after).
     """
     b, c, h, w = x.shape
-    row_cand = _offsets(*(t.to(x.device).expand(b, -1) for t in rows))  # (B, n, 3)
-    col_cand = _offsets(*(t.to(x.device).expand(b, -1) for t in cols))  # (B, m, 3)
-    n, m = row_cand.shape[1], col_cand.shape[1]
-    base = torch.arange(b * c, device=x.device).view(b, c, 1) * h  # first row of image b, channel c
-    flat = x.reshape(b * c * h, w)
-    row_best, row_pick = _max3([flat.index_select(0, (base + row_cand[:, None, :, k]).reshape(-1)).view(b, c, n, w)
-                                for k in range(3)])  # (B, C, n, W)
-    col_ids = [col_cand[:, None, None, :, k].expand(b, c, n, m) for k in range(3)]
-    _, col_pick = _max3([row_best.gather(3, q) for q in col_ids])  # (B, C, n, m)
-    col_pick = col_pick.long()
-    col_index = col_cand[:, None, None].expand(b, c, n, m, 3).gather(4, col_pick.unsqueeze(-1)).squeeze(-1)
-    code = row_pick.gather(3, col_index).long() * 3 + col_pick  # 3 * row candidate + column candidate
-    table = (row_cand[:, :, None, :, None] * w + col_cand[:, None, :, None, :]).reshape(b, 1, n, m, 9)
-    return table.expand(b, c, n, m, 9).gather(4, code.unsqueeze(-1)).squeeze(-1)
+    rows, cols = (tuple(t.expand(b, -1) for t in axis) for axis in (rows, cols))
+    row_pairs, col_pairs = _pairs(*rows, x.device), _pairs(*cols, x.device)  # also checks the region widths
+    if x.dtype not in _KEY_DTYPES or x.device.type == "mps" or h * w > _LOW:  # MPS has no float64
+        return _generic_argmax(x, rows, cols)
+    x = x.contiguous()
+    step = max(1, _CHUNK_CELLS // max(1, c * h * w)) if x.device.type == "cpu" else b
+    if step >= b:
+        return _keyed_argmax(x, row_pairs, col_pairs)
+
+    def part(pairs: tuple[Tensor, Tensor, bool], i: int) -> tuple[Tensor, Tensor, bool]:
+        return pairs[0][i:i + step], pairs[1][i:i + step], pairs[2]
+
+    return torch.cat([_keyed_argmax(x[i:i + step], part(row_pairs, i), part(col_pairs, i)) for i in range(0, b, step)])
 
 
 def max_pool_regions(x: Tensor, rows: tuple[Tensor, Tensor], cols: tuple[Tensor, Tensor]) -> Tensor:
