@@ -43,7 +43,8 @@ def summarize(experiment: str, by: list[str], tracking_uri: str, metrics: list[s
         table = table.merge(summary.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std"}), on=keys,
                             how="left")
     table["seeds"] = groups.size().to_numpy()
-    table["epochs"] = groups["params.epochs"].first().to_numpy()
+    if "params.epochs" in runs:  # Deep Compression counts its budget in base/retrain/fine-tune epochs instead
+        table["epochs"] = groups["params.epochs"].first().to_numpy()
     return table.rename(columns=dict(zip(keys, by, strict=True)))
 
 
