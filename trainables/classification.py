@@ -19,6 +19,7 @@ from trainables.batching import BatchLoader
 from trainables.context import Context, unwrap
 from trainables.data import DatasetBundle
 from trainables.loop import LOOP_PATHS, LOOP_USER_ERRORS, fit, load_data, validate_loop_config
+from trainables.normalization import has_weight_norm, init_weight_norm, validate_norm
 from trainables.registry import Canonical, Mode, TrainFn, Validator, register
 from trainables.task import Task, Total
 
@@ -50,6 +51,14 @@ class ClassificationTask(Task):
 
     def build_models(self) -> dict[str, nn.Module]:
         return {"model": self.build_model()}
+
+    def initialize(self, models: Mapping[str, nn.Module], ctx: Context) -> None:
+        """Weight norm's data-dependent init on the first training batch (epoch 0, this rank's), when the model
+        has weight-normalised layers."""
+        model = models["model"]
+        if has_weight_norm(model):
+            x, _ = next(iter(self.train_batches(ctx, 0)))
+            init_weight_norm(model, x.to(next(model.parameters()).device))
 
     def train_batches(self, ctx: Context, epoch: int) -> Iterable[Any]:
         if self._train is None:
@@ -118,8 +127,14 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
     ``validate``; it reports :data:`CLASSIFICATION_METRICS` (or ``metrics``) ranked by val_error; ``build`` is also
     its ``model`` tool (Deep Compression rebuilds a checkpoint's net with it); ``eval_modes(config)`` names other
     inference rules scored on the same weights every epoch; ``loss(config)`` replaces cross-entropy (a linear SVM's
-    hinge loss).
+    hinge loss). A ``norm`` key in ``defaults`` opts into the normalization switch (:mod:`trainables.normalization`):
+    it is validated here, and ``build`` ends with ``apply_norm(net, config["norm"])``, so the ``model`` tool rebuilds
+    the same layers.
     """
+    validators = validate if isinstance(validate, tuple) else (validate,)
+    if "norm" in defaults:
+        validators = (*validators, validate_norm)
+
     def train(config: dict[str, Any], ctx: Context) -> None:
         data = load_data(config)
         modes = eval_modes(config) if eval_modes is not None else None
@@ -129,7 +144,6 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
     # Named after the method, in its module, so tracebacks and profiles say which trainable ran.
     train.__name__ = train.__qualname__ = f"train_{name}"
     train.__module__, train.__doc__ = build.__module__, description
-    validators = validate if isinstance(validate, tuple) else (validate,)
     return register(name, defaults=defaults, validate=(validate_loop_config, *validators), description=description,
                     metrics=metrics, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS, paths=LOOP_PATHS,
                     canonical=canonical, tools={"model": build})(train)

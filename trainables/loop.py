@@ -106,6 +106,7 @@ def fit(ctx: Context, config: Mapping[str, Any], task: Task) -> dict[str, Any]:
             else:  # a different group size: a fresh stream per rank, still a function of (seed, rank, epoch)
                 torch.manual_seed(seed + 100_003 * ctx.rank + 7_919 * start_epoch)
     if start_epoch == 0:
+        task.initialize(models, ctx)  # data-dependent init on a fresh start only: a resumed run has its weights
         torch.manual_seed(seed + 100_003 * ctx.rank)  # dropout masks differ between ranks, as they would in one batch
 
     task.models = {name: ctx.wrap_model(model) for name, model in models.items()}

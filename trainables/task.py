@@ -59,6 +59,11 @@ class Task(ABC):
         params = [p for model in models.values() for p in model.parameters()]
         return {"optimizer": build_optimizer(params, config)}
 
+    def initialize(self, models: Mapping[str, nn.Module], ctx: Context) -> None:  # noqa: B027 (optional hook)
+        """Data-dependent initialisation of the freshly built ``models`` (still bare, before DDP), e.g. weight
+        norm's (:func:`trainables.normalization.init_weight_norm`). The loop calls it once, only when it does not
+        resume from a checkpoint; in a group DDP then broadcasts rank 0's weights. Default: nothing."""
+
     @abstractmethod
     def train_batches(self, ctx: Context, epoch: int) -> Iterable[Any]:
         """This rank's training batches of ``epoch``, already on ``ctx.device`` (shuffled per epoch and rank)."""
