@@ -32,6 +32,7 @@ from trainables import inception_blocks as ib
 from trainables.classification import register_classifier
 from trainables.data import DatasetBundle, known_input_shape
 from trainables.loop import LOOP_DEFAULTS
+from trainables.normalization import apply_norm
 from trainables.registry import ConfigError, check_choice, check_range
 
 ARCHS = ("inception_v4", "inception_resnet_v2")
@@ -167,6 +168,7 @@ INCEPTION_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "cosine",
     "epochs": 3,
     "batch_size": 64,
+    "norm": "batch",  # none | batch | weight | mean_only_batch | weight+mean_only_batch (trainables/normalization)
 }
 
 def validate_inception(config: dict[str, Any]) -> None:
@@ -189,9 +191,10 @@ def build(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
     """The trainable's model for ``config`` on ``data`` (also the ``model`` tool: Deep Compression rebuilds it)."""
     channels, height, width_px = data.input_shape
     small = {"full": False, "small": True}.get(config["input_size"], min(height, width_px) < MIN_FULL_SIZE)
-    return build_inception(arch=config["arch"], num_classes=data.num_classes, in_channels=channels, small=small,
-                           width=config["width"], blocks=config["blocks"], residual_scale=config["residual_scale"],
-                           dropout=config["dropout"])
+    return apply_norm(build_inception(arch=config["arch"], num_classes=data.num_classes, in_channels=channels,
+                                      small=small, width=config["width"], blocks=config["blocks"],
+                                      residual_scale=config["residual_scale"], dropout=config["dropout"]),
+                      config["norm"])
 
 
 def canonical_inception(config: dict[str, Any]) -> dict[str, Any]:

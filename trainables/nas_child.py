@@ -22,6 +22,7 @@ from trainables.context import Context
 from trainables.latency import LatencyCache, cached_latency
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.nas_spaces import SPACES, count_macs, count_params, get_space
+from trainables.normalization import apply_norm, validate_norm
 from trainables.registry import ArchitectureSearch, ConfigError, check_choice, check_range, register
 
 NAS_CHILD_DEFAULTS: dict[str, Any] = {
@@ -42,6 +43,7 @@ NAS_CHILD_DEFAULTS: dict[str, Any] = {
     "latency_repeats": 100,
     "latency_threads": 1,
     "latency_cache": None,  # JSON file shared by the trials of a machine; None = always measure
+    "norm": "batch",  # none | batch | weight | mean_only_batch | weight+mean_only_batch (trainables/normalization)
 }
 
 
@@ -54,6 +56,7 @@ def validate_nas_child(config: dict[str, Any]) -> None:
     for key in ("latency_batch", "latency_repeats", "latency_threads"):
         check_range(config, key, 1)
     check_range(config, "latency_warmup", 0)
+    validate_norm(config)
 
 
 @contextlib.contextmanager
@@ -72,8 +75,9 @@ def child_stats(config: dict[str, Any], input_shape: tuple[int, int, int], num_c
     space = get_space(config["space"], config["num_blocks"])
     tokens = list(config["tokens"]) or [0] * len(space.decisions)
     with _fixed_seed(int(config["seed"])):
-        model = space.build(tokens, input_shape, num_classes).to(device)
+        model = apply_norm(space.build(tokens, input_shape, num_classes), config["norm"]).to(device)
     arch = f"{space.name}{len(space.groups)}:{','.join(map(str, tokens))}"
+    arch += "" if config["norm"] == "batch" else f"/{config['norm']}"  # a cache key per measured net
     stats = cached_latency(
         LatencyCache(config["latency_cache"]), arch, model, input_shape, batch=config["latency_batch"],
         warmup=config["latency_warmup"], repeats=config["latency_repeats"], threads=config["latency_threads"],
@@ -100,4 +104,5 @@ def train_nas_child(config: dict[str, Any], ctx: Context) -> None:
         raise ConfigError(f"architecture {space.describe(tokens)} does not build for {data.input_shape}: "
                           f"{err}") from None
     ctx.add_to_reports(extras)
-    fit_classifier(ctx, config, data, lambda: space.build(tokens, data.input_shape, data.num_classes))
+    fit_classifier(ctx, config, data,
+                   lambda: apply_norm(space.build(tokens, data.input_shape, data.num_classes), config["norm"]))

@@ -32,6 +32,7 @@ from trainables.identity_mappings import (
 )
 from trainables.layers import block_seed
 from trainables.loop import LOOP_DEFAULTS
+from trainables.normalization import apply_norm
 from trainables.registry import ConfigError, check_choice, check_range
 from trainables.stochastic_depth import SCHEDULES, canonical_schedule, survival_probabilities
 
@@ -167,6 +168,7 @@ PREACT_DEFAULTS: dict[str, Any] = {
     "scale_branch": False,  # shortcut=scaling: also multiply F by 1 - lambda
     "gate_bias": -6.0,  # initial b_g of shortcut=gating / shortcut_gating (the paper's best, -6)
     "shortcut_dropout": 0.5,  # rate of shortcut=dropout
+    "norm": "batch",  # none | batch | weight | mean_only_batch | weight+mean_only_batch (trainables/normalization)
 }
 
 
@@ -208,7 +210,7 @@ def build_from_config(config: dict[str, Any], num_classes: int, in_channels: int
 
 def preact_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
     """The net ``config`` trains on ``data``: the train function's builder and the ``model`` tool."""
-    return build_from_config(dict(config), data.num_classes, data.input_shape[0])
+    return apply_norm(build_from_config(dict(config), data.num_classes, data.input_shape[0]), config["norm"])
 
 
 train_preact_resnet = register_classifier(

@@ -17,6 +17,7 @@ from trainables.classification import register_classifier
 from trainables.data import DatasetBundle
 from trainables.layers import OptionAShortcut, block_seed
 from trainables.loop import LOOP_DEFAULTS
+from trainables.normalization import apply_norm
 from trainables.registry import ConfigError, check_choice, check_range
 from trainables.stochastic_depth import StochasticDepth, canonical_schedule, survival_probabilities
 
@@ -128,6 +129,7 @@ RESNET_DEFAULTS: dict[str, Any] = {
     "sd_schedule": "linear",  # linear decay p_l = 1 - l/L (1 - p_L), or uniform p_l = p_L
     "dropout": 0.0,
     "dropout_where": "branch",  # branch: between the two convs of each block; head: before the classifier
+    "norm": "batch",  # none | batch | weight | mean_only_batch | weight+mean_only_batch (trainables/normalization)
 }
 
 
@@ -152,11 +154,11 @@ def canonical_resnet(config: dict[str, Any]) -> dict[str, Any]:
 def resnet_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
     """The net ``config`` trains on ``data``: the train function's builder, and the ``model`` tool (Deep
     Compression rebuilds a checkpoint's net with it)."""
-    return build_resnet(
+    return apply_norm(build_resnet(
         depth=config["depth"], num_classes=data.num_classes, in_channels=data.input_shape[0], p_L=config["p_L"],
         sd_schedule=config["sd_schedule"], dropout=config["dropout"], dropout_where=config["dropout_where"],
         seed=config["seed"],
-    )
+    ), config["norm"])
 
 
 train_resnet = register_classifier(

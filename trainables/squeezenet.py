@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from trainables.classification import register_classifier
 from trainables.data import DatasetBundle, known_input_shape
 from trainables.loop import LOOP_DEFAULTS
+from trainables.normalization import apply_norm
 from trainables.registry import ConfigError, check_choice, check_range
 
 BYPASS = ("none", "simple", "complex")
@@ -207,6 +208,7 @@ SQUEEZENET_DEFAULTS: dict[str, Any] = {
     "lr_schedule": "linear",
     "lr_final": 0.1,  # the schedule steps per epoch and lr * lr_final is the last epoch's: 0 would waste it
     "batch_size": 64,
+    "norm": "none",  # none | weight (trainables/normalization): SqueezeNet has no batch norm to switch
 }
 
 
@@ -219,6 +221,7 @@ def validate_squeezenet(config: dict[str, Any]) -> None:
     check_choice(config, "bypass", BYPASS)
     check_range(config, "dropout", 0.0, 1.0, high_open=True)
     check_choice(config, "input_size", INPUT_SIZES)
+    check_choice(config, "norm", ("none", "weight"))  # no batch norm: batch / mean-only variants would change nothing
     for i in range(NUM_FIRE):
         try:
             fire_filters(i, config["base_e"], config["incr_e"], config["freq"], config["pct_3x3"], config["sq_ratio"])
@@ -234,12 +237,12 @@ def validate_squeezenet(config: dict[str, Any]) -> None:
 
 def build(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
     """The SqueezeNet ``config`` describes for ``data`` (the model tool: Deep Compression rebuilds nets with it)."""
-    return build_squeezenet(
+    return apply_norm(build_squeezenet(
         num_classes=data.num_classes, input_shape=data.input_shape, input_size=config["input_size"],
         base_e=config["base_e"], incr_e=config["incr_e"], freq=config["freq"], pct_3x3=config["pct_3x3"],
         sq_ratio=config["sq_ratio"], bypass=config["bypass"], dropout=config["dropout"],
         conv10_relu=config["conv10_relu"],
-    )
+    ), config["norm"])
 
 
 train_squeezenet = register_classifier(

@@ -35,6 +35,7 @@ from trainables.data import DatasetBundle
 from trainables.identity_mappings import make_branch
 from trainables.layers import OptionAShortcut, SeededDraws, block_seed
 from trainables.loop import LOOP_DEFAULTS
+from trainables.normalization import apply_norm
 from trainables.preact_resnet import ResidualNet, stage_widths, units_per_stage
 from trainables.registry import ConfigError, check_choice, check_range
 
@@ -177,6 +178,7 @@ SWAPOUT_DEFAULTS: dict[str, Any] = {
     "inference": "deterministic",
     "inference_samples": 30,  # N of stochastic inference (the paper: 30)
     "dropout": 0.0,  # dropout between the convs of each branch
+    "norm": "batch",  # none | batch | weight | mean_only_batch | weight+mean_only_batch (trainables/normalization)
 }
 
 
@@ -197,12 +199,12 @@ def swapout_from_config(config: Mapping[str, Any], data: DatasetBundle) -> nn.Mo
     """The net ``config`` trains on ``data``: the train function's builder and the ``model`` tool
     (``inference=both`` builds the deterministic net; the stochastic rule is an eval mode of the same weights)."""
     both = config["inference"] == "both"
-    return build_swapout_resnet(
+    return apply_norm(build_swapout_resnet(
         depth=config["depth"], widen=config["widen"], num_classes=data.num_classes, in_channels=data.input_shape[0],
         final_rate=config["swap_final"], schedule=config["swap_schedule"],
         inference="deterministic" if both else config["inference"],
         samples=config["inference_samples"], dropout=config["dropout"], seed=config["seed"],
-    )
+    ), config["norm"])
 
 
 def paired_inference(config: Mapping[str, Any]) -> EvalModes | None:
