@@ -83,7 +83,7 @@ def has_weight_norm(model: nn.Module) -> bool:
 
 
 @torch.no_grad()
-def init_weight_norm(model: nn.Module, x: Tensor, eps: float = 1e-6) -> int:
+def init_weight_norm(model: nn.Module, x: Tensor, eps: float = 1e-6, passes: int = 50) -> int:
     """The paper's data-dependent initialisation on the batch ``x``; returns how many layers it set.
 
     One forward pass in training mode with a hook on every weight-normalised layer: in forward order, each layer
@@ -94,7 +94,8 @@ def init_weight_norm(model: nn.Module, x: Tensor, eps: float = 1e-6) -> int:
 
     and passes on the normalised output (y - mu) / sigma, which is what the new g and b compute, so the next
     layer is initialised on the statistics it will see. A layer without a bias (followed by mean-only batch norm,
-    which centres it) only gets g. Everything else in the model (batch-norm running means, the draws of stochastic
+    which centres it) only gets g. A layer that a stochastic-depth draw skipped is set in a further pass (at most
+    ``passes``), on that pass's inputs. Everything else in the model (batch-norm running means, the draws of stochastic
     layers, the global RNG) is left as it was: this batch is not a training step.
     """
     touched: set[str] = set()
@@ -115,9 +116,11 @@ def init_weight_norm(model: nn.Module, x: Tensor, eps: float = 1e-6) -> int:
         return y / sigma.view(_unit_shape(y))
 
     for name, module in model.named_modules():
-        if weight_norm_of(module) is not None:
+        wn = weight_norm_of(module)
+        if wn is not None:
             prefix = f"{name}." if name else ""
-            touched |= {f"{prefix}parametrizations.weight.0.g", f"{prefix}bias"}
+            index = list(module.parametrizations.weight).index(wn)
+            touched |= {f"{prefix}parametrizations.weight.{index}.g", f"{prefix}bias"}
             handles.append(module.register_forward_hook(hook))
     snapshot = copy.deepcopy(model.state_dict())
     was_training = model.training
@@ -125,7 +128,10 @@ def init_weight_norm(model: nn.Module, x: Tensor, eps: float = 1e-6) -> int:
     try:
         with torch.random.fork_rng(devices=devices):
             model.train()
-            model(x)
+            for _ in range(passes):
+                model(x)
+                if len(done) == len(handles):
+                    break
     finally:
         for handle in handles:
             handle.remove()
@@ -159,8 +165,8 @@ class _MeanOnlyBatchNorm(nn.Module):
                 self.running_mean.lerp_(mu.detach(), self.momentum)
         else:
             mu = self.running_mean  # at test: the running mean, as batch norm
-        # y = t - mu[t] + b   (paper Sec. 3: no division by sigma[t])
-        return x - mu.view(_unit_shape(x)) + self.bias.view(_unit_shape(x))
+        # y = t - mu[t] + b   (paper Sec. 3: no division by sigma[t]); (mu - b) first: one full-size op, not two
+        return x - (mu - self.bias).view(_unit_shape(x))
 
     def extra_repr(self) -> str:
         return f"{self.num_features}, momentum={self.momentum}"
