@@ -206,3 +206,22 @@ def test_the_normalization_space_parses_and_validates() -> None:
     base = space.validate(registry.get("resnet"))
     assert base["depth"] == 20 and base["dataset"] == "mnist5k"
     assert space.num_trials() == len(NORMS) * 3
+
+
+@pytest.mark.slow
+def test_the_normalization_sweep_starts_and_every_norm_reports(tmp_path, ray_address: str) -> None:  # noqa: ANN001
+    """The space end to end through the sweep CLI at a smoke budget: one finished MLflow child run per norm."""
+    from mlflow.tracking import MlflowClient
+
+    from orchestrator import sweep
+
+    store = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    args = ["normalization", "--seeds", "1", "--address", ray_address, "--storage", str(tmp_path / "rr"),
+            "--tracking-uri", store, "--set", "epochs=1", "limit_train_batches=1", "batch_size=16", "val_size=64",
+            "depth=8"]
+    assert sweep.main(args) == 0
+    client = MlflowClient(tracking_uri=store)
+    runs = client.search_runs([client.get_experiment_by_name("normalization").experiment_id])
+    children = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert sorted(r.data.params["norm"] for r in children) == sorted(NORMS)
+    assert all(r.info.status == "FINISHED" and 0 < r.data.metrics["train_loss"] < 50 for r in children)
