@@ -65,7 +65,8 @@ LINEAR_DEFAULTS: dict[str, Any] = {
     **LOOP_DEFAULTS,
     "loss": "softmax",
     "delta": 1.0,  # the SVM's margin; CS231n: delta = 1 is safe because lambda sets the scale of W
-    # Plain SGD with momentum on a convex loss: lr 0.01 reaches ~8-9% val error on MNIST-5k in a few epochs.
+    # SGD with Nesterov momentum 0.9 (the loop's default) at lr 0.01, 10 epochs on MNIST-5k, seed 0: val_error 0.092
+    # (svm) and 0.076 (softmax), test_error 0.112 and 0.104 (measured).
     "lr": 0.01,
     "weight_decay": 5e-4,  # lambda = 2.5e-4 in lambda * sum W^2 (module docstring)
     "epochs": 10,
