@@ -91,6 +91,9 @@ def test_knn_runs_on_the_loop_without_optimizers_and_reports_val_and_test(tmp_pa
     assert last["val_accuracy"] == pytest.approx(1.0 - last["val_error"])
     assert last["val_error"] < 0.1 and last["test_error"] < 0.1  # measured 0.022 / 0.022 (digits, k 3, L1)
     assert len(list(tmp_path.iterdir())) == 2  # a checkpoint per round, as for every trial
+    resumed = LocalContext(checkpoint_root=str(tmp_path))  # a retried trial resumes from the empty-model checkpoint
+    spec.train({**config, "epochs": 3}, resumed)
+    assert [r["epoch"] for r in resumed.results] == [3] and resumed.results[0]["val_error"] == last["val_error"]
 
 
 # ----------------------------------------------------------------------------------------- each trainable learns
