@@ -118,12 +118,12 @@ def fit(ctx: Context, config: Mapping[str, Any], task: Task) -> dict[str, Any]:
             parameter.grad = torch.zeros_like(parameter)
         set_draw_rank(model, ctx.rank if ctx.world_size > 1 else None)
     limit = int(config["limit_train_batches"]) or None
-    first_optimizer = next(iter(optimizers.values()))
+    first_optimizer = next(iter(optimizers.values()), None)  # None: a task without training steps (kNN)
 
     metrics: dict[str, Any] = {}
     for epoch in range(start_epoch, epochs):
         scheduled = {name: [group["lr"] for group in opt.param_groups] for name, opt in optimizers.items()}
-        lr = warmup.lr_for_step(step) or first_optimizer.param_groups[0]["lr"]
+        lr = warmup.lr_for_step(step) or (first_optimizer.param_groups[0]["lr"] if first_optimizer else 0.0)
         for model in task.models.values():
             model.train()
         started = time.perf_counter()
@@ -144,7 +144,7 @@ def fit(ctx: Context, config: Mapping[str, Any], task: Task) -> dict[str, Any]:
             schedule.step()
         means, samples = _epoch_means(ctx, sums)
         metrics = {"epoch": epoch + 1, **means, "lr": lr, "epoch_seconds": epoch_seconds,
-                   "samples_per_second": samples / epoch_seconds}
+                   "samples_per_second": samples / epoch_seconds if epoch_seconds > 0 else 0.0}
         warmup.end_of_epoch(metrics.get("train_error"))
         metrics.update(task.evaluate(ctx))
         metrics.update(task.epoch_metrics())
