@@ -4,6 +4,8 @@
 from __future__ import annotations
 
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -15,7 +17,7 @@ from mlflow.tracking import MlflowClient
 from orchestrator import cli
 from orchestrator.inspect import main as inspect_main
 from orchestrator.inspect import metric_name
-from tests.conftest import run_cli
+from tests.conftest import cli_env, run_cli
 from tests.test_compare import assert_non_blank_png
 from trainables import registry
 from trainables.adversarial import fgsm, fgsm_accuracy, fgsm_mixed_batch, saliency, to_normalised, to_pixels
@@ -148,6 +150,23 @@ def test_adversarial_training_through_the_loop_learns_and_bad_values_are_refused
     kwargs = {"mean": data.mean, "std": data.std}
     assert (fgsm_accuracy(robust, loader, [0.1], **kwargs)[0.1]
             > fgsm_accuracy(trained["model"], loader, [0.1], **kwargs)[0.1])
+
+
+def test_every_classifier_offers_inspect_and_the_adversarial_keys_without_importing_matplotlib() -> None:
+    """A classifier is a trainable with a ``model`` tool (what Deep Compression and inspect rebuild nets with)."""
+    code = ("import sys; from trainables import registry\n"
+            "names = [n for n in registry.names() if not registry.TRAINABLE_MODULES.get(n, '').startswith("
+            "'trainables.rl.')]\n"
+            "classifiers = [n for n in names if 'model' in registry.get(n).tools]\n"
+            "bad = [n for n in classifiers if 'inspect' not in registry.get(n).tools\n"
+            "       or registry.get(n).defaults.get('adversarial_eps') != 0.0]\n"
+            "assert not bad, bad\n"
+            "assert 'matplotlib' not in sys.modules and 'trainables.inspection' not in sys.modules\n"
+            "print(' '.join(classifiers))")
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
+                            env=cli_env(Path.cwd()))
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert {"resnet", "preact_resnet", "swapout", "fmp_net", "squeezenet", "inception"} <= set(result.stdout.split())
 
 
 def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture, expected: str) -> None:
