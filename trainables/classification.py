@@ -15,6 +15,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from trainables.adversarial import ADVERSARIAL_DEFAULTS, canonical_adversarial, fgsm_mixed_batch, validate_adversarial
 from trainables.batching import BatchLoader
 from trainables.context import Context, unwrap
 from trainables.data import DatasetBundle
@@ -43,8 +44,10 @@ class ClassificationTask(Task):
     """``build_model()`` trained with ``loss_fn`` on ``data``'s train split; val and test scored every epoch."""
 
     def __init__(self, data: DatasetBundle, build_model: Callable[[], nn.Module], batch_size: int,
-                 loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None, seed: int = 0) -> None:
+                 loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None, seed: int = 0,
+                 adversarial: tuple[float, float] = (0.0, 0.5)) -> None:
         self.data, self.build_model, self.batch_size_, self.loss_fn = data, build_model, batch_size, loss_fn
+        self.adversarial_eps, self.adversarial_fraction = adversarial  # FGSM mix (trainables/adversarial.py)
         self.eval_modes, self.seed = dict(eval_modes or {}), seed
         self._train: BatchLoader | None = None
         self._eval: dict[str, BatchLoader] = {}
@@ -72,6 +75,9 @@ class ClassificationTask(Task):
 
     def train_step(self, batch: tuple[torch.Tensor, torch.Tensor], step: int) -> dict[str, Any]:
         x, y = batch
+        if self.adversarial_eps > 0:  # adversarial training: part of the batch replaced by its FGSM version
+            x = fgsm_mixed_batch(unwrap(self.models["model"]), self.loss_fn, x, y, self.adversarial_eps,
+                                 self.adversarial_fraction, self.data.mean, self.data.std)
         logits = self.models["model"](x)
         loss = self.loss_fn(logits, y)
         return {"loss": loss, "error": Total(float((logits.argmax(1) != y).sum()), len(y))}
@@ -112,7 +118,9 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
 def fit_classifier(ctx: Context, config: Mapping[str, Any], data: DatasetBundle, build_model: Callable[[], nn.Module],
                    *, loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None) -> dict[str, Any]:
     """Train ``build_model()`` on ``data`` with the common loop; returns the last epoch's metrics."""
-    task = ClassificationTask(data, build_model, config["batch_size"], loss_fn, eval_modes, seed=int(config["seed"]))
+    adversarial = (float(config.get("adversarial_eps", 0.0)), float(config.get("adversarial_fraction", 0.5)))
+    task = ClassificationTask(data, build_model, config["batch_size"], loss_fn, eval_modes, seed=int(config["seed"]),
+                              adversarial=adversarial)
     return fit(ctx, config, task)
 
 
@@ -129,7 +137,8 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
     inference rules scored on the same weights every epoch; ``loss(config)`` replaces cross-entropy (a linear SVM's
     hinge loss). A ``norm`` key in ``defaults`` opts into the normalization switch (:mod:`trainables.normalization`):
     it is validated here, and ``build`` ends with ``apply_norm(net, config["norm"])``, so the ``model`` tool rebuilds
-    the same layers.
+    the same layers. Every classifier also gets the adversarial-training keys (:data:`ADVERSARIAL_DEFAULTS`) and the
+    ``inspect`` tool (FGSM accuracy and saliency maps of a checkpoint, :mod:`trainables.inspection`).
     """
     validators = validate if isinstance(validate, tuple) else (validate,)
     if "norm" in defaults:
@@ -144,6 +153,18 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
     # Named after the method, in its module, so tracebacks and profiles say which trainable ran.
     train.__name__ = train.__qualname__ = f"train_{name}"
     train.__module__, train.__doc__ = build.__module__, description
-    return register(name, defaults=defaults, validate=(validate_loop_config, *validators), description=description,
+    canonical_all = canonical_adversarial if canonical is None else lambda c: canonical_adversarial(canonical(c))
+    return register(name, defaults={**defaults, **ADVERSARIAL_DEFAULTS},
+                    validate=(validate_loop_config, validate_adversarial, *validators), description=description,
                     metrics=metrics, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS, paths=LOOP_PATHS,
-                    canonical=canonical, tools={"model": build})(train)
+                    canonical=canonical_all, tools={"model": build, "inspect": _inspect_tool(build, loss)})(train)
+
+
+def _inspect_tool(build: BuildModel, loss: Callable[[Mapping[str, Any]], LossFn] | None) -> Callable[..., Any]:
+    """A classifier's ``inspect`` tool, :func:`trainables.inspection.inspect_checkpoint` with its builder and loss
+    bound; imported when called, so registering a classifier does not import matplotlib."""
+    def inspect(config: Mapping[str, Any], checkpoint_dir: str, **options: Any) -> Any:
+        from trainables.inspection import inspect_checkpoint
+
+        return inspect_checkpoint(build, loss, config, checkpoint_dir, **options)
+    return inspect
