@@ -9,14 +9,17 @@ Each keeps its paper's layer pattern and relative widths; ``width`` multiplies e
   local response normalisation (later work found it adds nothing).
 - ``vgg`` (Simonyan & Zisserman 2015, configuration A = VGG-11): 3x3 convolutions, padding 1, max-pool 2x2/2 after
   the stages [64], [128], [256, 256], [512, 512]; VGG-11's fifth stage is left out because 28 px are down to 1 px
-  after four pools. Global average pooling, then FC 4096 - 4096 - classes with dropout 0.5. ``batch_norm`` after each
+  after four pools. Global average pooling, then FC 4096 - 4096 - classes with dropout 0.5. Batch norm after each
   conv (the BN variant; the paper instead initialised deeper nets from shallower trained ones).
 - ``googlenet`` (Szegedy et al. 2015, Table 1): nine inception modules 3a, 3b | 4a-4e | 5a, 5b, each the
   concatenation  [1x1 | 1x1 -> 3x3 | 1x1 -> 5x5 | max-pool 3x3/1 -> 1x1]  with Table 1's filter counts; max-pool
   3x3/2 between the groups, global average pooling, dropout 0.4, a linear classifier. The stem is one 3x3 conv to
   192 channels and a max-pool 3x3/2 (the paper's 7x7/2 + two pools would bring 28 px to 4 px before module 3a; ours
   leaves 14 px, 7 at 4a, 4 at 5a); no auxiliary classifiers.
-  ``batch_norm`` after each conv (as in BN-Inception).
+  Batch norm after each conv (as in BN-Inception).
+
+VGG and GoogLeNet are built with batch norm and take the normalization switch ``norm`` (none | batch | weight |
+mean_only_batch | weight+mean_only_batch, :mod:`trainables.normalization`); AlexNet has none to switch.
 """
 
 from __future__ import annotations
@@ -30,6 +33,7 @@ from torch import Tensor, nn
 from trainables.classification import register_classifier
 from trainables.data import DatasetBundle, known_input_shape
 from trainables.loop import LOOP_DEFAULTS
+from trainables.normalization import apply_norm
 from trainables.registry import ConfigError, check_range
 
 ALEXNET_CONVS = ((64, 5), (192, 5), (384, 3), (256, 3), (256, 3))  # (filters, kernel); pool after 0, 1, 4
@@ -177,8 +181,8 @@ CONVNET_DEFAULTS: dict[str, Any] = {
     "batch_size": 64,
 }
 ALEXNET_DEFAULTS: dict[str, Any] = dict(CONVNET_DEFAULTS)
-VGG_DEFAULTS: dict[str, Any] = {**CONVNET_DEFAULTS, "width": 0.125, "batch_norm": True}
-GOOGLENET_DEFAULTS: dict[str, Any] = {**CONVNET_DEFAULTS, "width": 0.125, "dropout": 0.4, "batch_norm": True}
+VGG_DEFAULTS: dict[str, Any] = {**CONVNET_DEFAULTS, "width": 0.125, "norm": "batch"}
+GOOGLENET_DEFAULTS: dict[str, Any] = {**CONVNET_DEFAULTS, "width": 0.125, "dropout": 0.4, "norm": "batch"}
 
 
 def _validate(pools: int, kernel: int, stride: int, padding: int = 0) -> Callable[[dict[str, Any]], None]:
@@ -202,12 +206,13 @@ def build_alexnet(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
 
 
 def build_vgg(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
-    return VGGSmall(data.input_shape[0], data.num_classes, config["width"], config["dropout"], config["batch_norm"])
+    return apply_norm(VGGSmall(data.input_shape[0], data.num_classes, config["width"], config["dropout"], True),
+                      config["norm"])
 
 
 def build_googlenet(config: Mapping[str, Any], data: DatasetBundle) -> nn.Module:
-    return GoogLeNetSmall(data.input_shape[0], data.num_classes, config["width"], config["dropout"],
-                          config["batch_norm"])
+    return apply_norm(GoogLeNetSmall(data.input_shape[0], data.num_classes, config["width"], config["dropout"], True),
+                      config["norm"])
 
 
 train_alexnet = register_classifier(
@@ -215,8 +220,8 @@ train_alexnet = register_classifier(
     description="Small AlexNet-style convnet (Krizhevsky et al. 2012) for 28/32 px images; `width` multiplier.")
 train_vgg = register_classifier(
     "vgg", build_vgg, defaults=VGG_DEFAULTS, validate=_validate(len(VGG_STAGES), 2, 2),
-    description="Small VGG-11-style convnet (Simonyan & Zisserman 2015), 3x3 convs, optional BN; `width`.")
+    description="Small VGG-11-style convnet (Simonyan & Zisserman 2015), 3x3 convs, `norm` switch; `width`.")
 train_googlenet = register_classifier(
     "googlenet", build_googlenet, defaults=GOOGLENET_DEFAULTS,
     validate=_validate(len(GOOGLENET_POOL_AFTER) + 1, 3, 2, padding=1),
-    description="Small GoogLeNet-style network (Szegedy et al. 2015): nine inception modules; `width`, BN option.")
+    description="Small GoogLeNet-style network (Szegedy et al. 2015): nine inception modules; `width`, `norm` switch.")
