@@ -32,9 +32,11 @@ def _free_port() -> int:
 def _assert_trace(now: list[dict], stored: list[dict]) -> None:
     if loop_trace.same_platform():
         assert now == stored  # bit for bit
-    else:  # another CPU's kernels: the same numbers up to rounding
+    else:  # another CPU's kernels: the same numbers up to rounding, which two epochs of SGD amplify (measured on
+        # 2026-12-03: AVX512 against the AVX2 recording, 1.8e-5 relative in val/test loss); a change to the loop's
+        # arithmetic moves these by far more
         for a, b in zip(now, stored, strict=True):
-            assert a == pytest.approx(b, rel=1e-5, abs=1e-6)
+            assert a == pytest.approx(b, rel=1e-4, abs=1e-6)
 
 
 @pytest.mark.slow
