@@ -5,9 +5,8 @@
 # linear and MLP 10 epochs; the convnets and ResNet-20 8 epochs). kNN's k: search_spaces/knn_k.yaml.
 # Env: EPOCHS BATCHES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI (EPOCHS also overrides kNN's single round, which
 # only repeats the same evaluation).
-# One MLflow experiment per baseline, $EXP_<name>: repro/summarize.py groups by config keys (params.*) and the
-# trainable is a tag (tags.trainable), so one experiment with all of them could not be split by trainable in one
-# summarize call; each call below gives one baseline's row (mean and std over seeds).
+# One MLflow experiment per baseline, ${PREFIX}_<name> (the linear classifier's two losses are two rows of one);
+# each summarize call gives one baseline's rows: mean and std over seeds of the errors and the parameter count.
 source "$(dirname "$0")/_sweep.sh"
 PREFIX="repro_baselines_$(date +%Y%m%d_%H%M%S)"
 BASELINES=(knn linear mlp alexnet vgg googlenet resnet20)
@@ -18,5 +17,5 @@ done
 for name in "${BASELINES[@]}"; do
   by=dataset  # a key every baseline has: one row per experiment; the linear classifier has two (svm, softmax)
   [[ $name == linear ]] && by=loss
-  python repro/summarize.py "${PREFIX}_$name" --by "$by" --metrics val_error test_error
+  python repro/summarize.py "${PREFIX}_$name" --by "$by" --metrics val_error test_error params
 done

@@ -32,13 +32,23 @@ def finished_trials(experiment: str, tracking_uri: str) -> pd.DataFrame:
     return runs
 
 
+def key_column(runs: pd.DataFrame, key: str) -> str:
+    """The column of a ``--by`` key: a config key (``params.*``), else a run tag such as ``trainable``."""
+    for column in (f"params.{key}", f"tags.{key}"):
+        if column in runs:
+            return column
+    raise SystemExit(f"error: {key!r} is neither a config key nor a tag of the experiment's trials")
+
+
 def summarize(experiment: str, by: list[str], tracking_uri: str, metrics: list[str]) -> pd.DataFrame:
     """One row per config: each metric's mean and std over seeds (``orchestrator.stats``), seeds, epochs."""
     runs = finished_trials(experiment, tracking_uri)
-    keys = [f"params.{k}" for k in by]
+    keys = [key_column(runs, k) for k in by]
     groups = runs.groupby(keys, sort=True)
     table = groups.size().reset_index()[keys]
     for metric in metrics:
+        if f"metrics.{metric}" not in runs:  # e.g. params in runs recorded before classifiers reported it
+            runs[f"metrics.{metric}"] = float("nan")
         summary = stats.group_summary(runs, keys, f"metrics.{metric}")[[*keys, "mean", "std"]]
         table = table.merge(summary.rename(columns={"mean": f"{metric} mean", "std": f"{metric} std"}), on=keys,
                             how="left")

@@ -29,6 +29,7 @@ CLASSIFICATION_METRICS: dict[str, str] = {
     "val_error": "min", "val_accuracy": "max", "val_loss": "min",
     "test_error": "min", "test_accuracy": "max", "test_loss": "min",
     "train_loss": "min", "train_error": "min",
+    "params": "min",  # the trained model's parameter count (a cost every comparison of networks reads beside error)
 }
 CLASSIFICATION_PRIMARY = "val_error"
 
@@ -99,6 +100,10 @@ class ClassificationTask(Task):
                         loss, error = evaluate(model, loader, self.loss_fn)
                 metrics.update({f"{split}_loss_{mode}": loss, f"{split}_error_{mode}": error})
         return metrics
+
+
+    def epoch_metrics(self) -> dict[str, Any]:
+        return {"params": float(sum(p.numel() for p in unwrap(self.models["model"]).parameters()))}
 
 
 @torch.no_grad()
