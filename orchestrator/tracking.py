@@ -309,11 +309,23 @@ class MlflowTrialCallback(Callback):
         if checkpoint is not None:
             with checkpoint.as_directory() as path:
                 client.log_artifacts(run_id, path, artifact_path="checkpoint")
+                _log_task_artifacts(client, run_id, path)
         else:
             # A Ray Train worker group reports its checkpoint's location instead of a Tune checkpoint.
             path = (trial.last_result or {}).get("checkpoint_path")
             if path and os.path.isdir(path):
                 client.log_artifacts(run_id, path, artifact_path="checkpoint")
+                _log_task_artifacts(client, run_id, path)
+
+
+def _log_task_artifacts(client: Any, run_id: str, checkpoint_dir: str) -> None:
+    """What the task wrote beside its checkpoint (``Task.write_artifacts``: images, tables) also at the run's
+    ``task/``, where a user looks first."""
+    from trainables.context import TASK_ARTIFACTS  # the checkpoint layout's seam (imports torch: only here)
+
+    folder = os.path.join(checkpoint_dir, TASK_ARTIFACTS)
+    if os.path.isdir(folder):
+        client.log_artifacts(run_id, folder, artifact_path="task")
 
 
 def _trial_error_text(trial: Any) -> str:

@@ -167,3 +167,22 @@ def test_bad_config_values_are_one_line_config_errors(name: str, overrides: dict
 def test_every_baseline_is_in_the_shipped_table() -> None:
     for name in ("knn", "linear", "mlp", "alexnet", "vgg", "googlenet"):
         assert name in registry.TRAINABLE_MODULES and registry.get(name).primary == "val_error"
+
+
+@pytest.mark.slow  # one real sweep trial through Ray and MLflow: about 20 s after the session's Ray is up
+def test_a_linear_sweep_logs_its_templates_and_parameter_count_into_the_trial_run(tmp_path: Path,
+                                                                                  ray_address: str) -> None:
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import run_cli
+
+    sweep = run_cli("orchestrator.sweep", ["baselines_linear", "--seeds", "1", "--address", ray_address, "--set",
+                                           "loss=softmax", "epochs=1", "limit_train_batches=3"], tmp_path)
+    assert sweep.returncode == 0, sweep.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("baselines_linear").experiment_id])
+    (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+    assert [a.path for a in client.list_artifacts(child.info.run_id, "task")] == ["task/templates.png"]
+    png = Path(client.download_artifacts(child.info.run_id, "task/templates.png", str(tmp_path)))
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert child.data.metrics["params"] == 784 * 10 + 10  # W and b of s = Wx + b on 28x28 digits

@@ -7,6 +7,7 @@ stochastic), a paired comparison without training two nets.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable, Iterable, Mapping
 from contextlib import AbstractContextManager
 from typing import Any
@@ -39,6 +40,8 @@ BuildModel = Callable[[Mapping[str, Any], DatasetBundle], nn.Module]
 # name -> a context manager that puts the model into that inference mode, or None for the model's own mode
 # (its metrics are the plain ones, copied, not computed twice).
 EvalModes = Mapping[str, Callable[[nn.Module], AbstractContextManager[Any]] | None]
+# (model, dataset, directory) -> writes files a user should see beside the run (a linear classifier's templates).
+WriteArtifacts = Callable[[nn.Module, DatasetBundle, str], None]
 
 
 class ClassificationTask(Task):
@@ -46,8 +49,9 @@ class ClassificationTask(Task):
 
     def __init__(self, data: DatasetBundle, build_model: Callable[[], nn.Module], batch_size: int,
                  loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None, seed: int = 0,
-                 adversarial: tuple[float, float] = (0.0, 0.5)) -> None:
+                 adversarial: tuple[float, float] = (0.0, 0.5), artifacts: WriteArtifacts | None = None) -> None:
         self.data, self.build_model, self.batch_size_, self.loss_fn = data, build_model, batch_size, loss_fn
+        self.artifacts = artifacts
         self.adversarial_eps, self.adversarial_fraction = adversarial  # FGSM mix (trainables/adversarial.py)
         self.eval_modes, self.seed = dict(eval_modes or {}), seed
         self._train: BatchLoader | None = None
@@ -102,6 +106,11 @@ class ClassificationTask(Task):
         return metrics
 
 
+    def write_artifacts(self, directory: str) -> None:
+        if self.artifacts is not None:
+            os.makedirs(directory, exist_ok=True)
+            self.artifacts(unwrap(self.models["model"]), self.data, directory)
+
     def epoch_metrics(self) -> dict[str, Any]:
         return {"params": float(sum(p.numel() for p in unwrap(self.models["model"]).parameters()))}
 
@@ -121,11 +130,12 @@ def evaluate(model: nn.Module, loader: Iterable[tuple[torch.Tensor, torch.Tensor
 
 
 def fit_classifier(ctx: Context, config: Mapping[str, Any], data: DatasetBundle, build_model: Callable[[], nn.Module],
-                   *, loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None) -> dict[str, Any]:
+                   *, loss_fn: LossFn = F.cross_entropy, eval_modes: EvalModes | None = None,
+                   artifacts: WriteArtifacts | None = None) -> dict[str, Any]:
     """Train ``build_model()`` on ``data`` with the common loop; returns the last epoch's metrics."""
     adversarial = (float(config.get("adversarial_eps", 0.0)), float(config.get("adversarial_fraction", 0.5)))
     task = ClassificationTask(data, build_model, config["batch_size"], loss_fn, eval_modes, seed=int(config["seed"]),
-                              adversarial=adversarial)
+                              adversarial=adversarial, artifacts=artifacts)
     return fit(ctx, config, task)
 
 
@@ -133,17 +143,19 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
                         validate: Validator | tuple[Validator, ...] = (),
                         eval_modes: Callable[[Mapping[str, Any]], EvalModes | None] | None = None,
                         metrics: Mapping[str, Mode] = CLASSIFICATION_METRICS, canonical: Canonical | None = None,
-                        loss: Callable[[Mapping[str, Any]], LossFn] | None = None) -> TrainFn:
+                        loss: Callable[[Mapping[str, Any]], LossFn] | None = None,
+                        artifacts: WriteArtifacts | None = None) -> TrainFn:
     """Register ``name`` as image classification on the common loop and return its train function.
 
     A classifier writes only its model, ``build(config, data)``: the loop's keys are validated before its own
     ``validate``; it reports :data:`CLASSIFICATION_METRICS` (or ``metrics``) ranked by val_error; ``build`` is also
     its ``model`` tool (Deep Compression rebuilds a checkpoint's net with it); ``eval_modes(config)`` names other
     inference rules scored on the same weights every epoch; ``loss(config)`` replaces cross-entropy (a linear SVM's
-    hinge loss). A ``norm`` key in ``defaults`` opts into the normalization switch (:mod:`trainables.normalization`):
-    it is validated here, and ``build`` ends with ``apply_norm(net, config["norm"])``, so the ``model`` tool rebuilds
-    the same layers. Every classifier also gets the adversarial-training keys (:data:`ADVERSARIAL_DEFAULTS`) and the
-    ``inspect`` tool (FGSM accuracy and saliency maps of a checkpoint, :mod:`trainables.inspection`).
+    hinge loss); ``artifacts(model, data, directory)`` writes files logged with the run (``task/``). A ``norm`` key
+    in ``defaults`` opts into the normalization switch (:mod:`trainables.normalization`): it is validated here, and
+    ``build`` ends with ``apply_norm(net, config["norm"])``, so the ``model`` tool rebuilds the same layers. Every
+    classifier also gets the adversarial-training keys (:data:`ADVERSARIAL_DEFAULTS`) and the ``inspect`` tool (FGSM
+    accuracy and saliency maps of a checkpoint, :mod:`trainables.inspection`).
     """
     validators = validate if isinstance(validate, tuple) else (validate,)
     if "norm" in defaults:
@@ -153,7 +165,8 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
         data = load_data(config)
         modes = eval_modes(config) if eval_modes is not None else None
         loss_fn = loss(config) if loss is not None else F.cross_entropy
-        fit_classifier(ctx, config, data, lambda: build(config, data), loss_fn=loss_fn, eval_modes=modes or None)
+        fit_classifier(ctx, config, data, lambda: build(config, data), loss_fn=loss_fn, eval_modes=modes or None,
+                       artifacts=artifacts)
 
     # Named after the method, in its module, so tracebacks and profiles say which trainable ran.
     train.__name__ = train.__qualname__ = f"train_{name}"

@@ -26,6 +26,10 @@ import torch
 import torch.distributed as dist
 from torch import nn
 
+# A checkpoint's subfolder for what a task writes for users (``Task.write_artifacts``); the driver's MLflow callback
+# logs it as the run's ``task/`` artifacts.
+TASK_ARTIFACTS = "artifacts"
+
 
 class Context(ABC):
     """Where a train function runs. ``rank``/``world_size`` describe the data-parallel group (1 for one process)."""

@@ -114,6 +114,11 @@ def save_templates(path: str | Path, templates: torch.Tensor, class_names: Seque
     return path
 
 
+def write_templates(model: nn.Module, data: DatasetBundle, directory: str) -> None:
+    """The run's ``task/templates.png``: what each class's row of W has learned to look for."""
+    save_templates(Path(directory) / "templates.png", class_templates(model, data))
+
+
 train_linear = register_classifier(
-    "linear", build, defaults=LINEAR_DEFAULTS, validate=validate_linear, loss=loss_for,
+    "linear", build, defaults=LINEAR_DEFAULTS, validate=validate_linear, loss=loss_for, artifacts=write_templates,
     description="Linear classifier s = Wx + b with the multiclass SVM (hinge) or softmax loss (CS231n).")

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import hashlib
 import itertools
+import os
 import tempfile
 import time
 from collections.abc import Iterator, Mapping
@@ -34,7 +35,7 @@ from trainables.checkpoint import (
     save_checkpoint,
     set_rng_state,
 )
-from trainables.context import Context, unwrap
+from trainables.context import TASK_ARTIFACTS, Context, unwrap
 from trainables.data import DatasetBundle, DatasetError, check_dataset, dataset_names, load_dataset
 from trainables.optim import OPTIM_DEFAULTS, Warmup, build_schedule, validate_optim_config
 from trainables.registry import ConfigError, check_choice, check_range
@@ -154,6 +155,7 @@ def fit(ctx: Context, config: Mapping[str, Any], task: Task) -> dict[str, Any]:
         rank_rng = ctx.all_gather_object(rng_state(ctx.device))
         with tempfile.TemporaryDirectory(prefix="ckpt_") as tmp:
             if ctx.is_chief:
+                task.write_artifacts(os.path.join(tmp, TASK_ARTIFACTS))
                 save_checkpoint(tmp, models={n: unwrap(m) for n, m in task.models.items()}, optimizers=optimizers,
                                 schedules=schedules, epoch=epoch, step=step, rank_rng=rank_rng, config=config,
                                 loop_state=warmup.state_dict(), task_state=task.state_dict())

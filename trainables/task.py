@@ -94,6 +94,11 @@ class Task(ABC):
         """Anything else to report at the end of an epoch (after :meth:`evaluate`), e.g. an image count."""
         return {}
 
+    def write_artifacts(self, directory: str) -> None:  # noqa: B027 (optional hook; default: nothing to write)
+        """Files a user should see beside the run (a classifier's templates, a GAN's samples), written into
+        ``directory`` on the chief at every report; they travel with the checkpoint and the MLflow callback logs
+        them under the run's ``task/`` artifacts."""
+
     def state_dict(self) -> dict[str, Any]:
         """Task state outside models and optimizers that a resume needs (an annealed temperature, a baseline)."""
         return {}
