@@ -5,6 +5,9 @@
 # Default budget (MNIST-5k, 2-core CPU): SqueezeNet trained 4 epochs per trial, pruned to sparsity {0.67, 0.9} and
 # retrained 1 epoch, quantised to {4, 6, 8} bits per conv layer and fine-tuned 1 epoch, Huffman-coded; 3 seeds =
 # 18 trials. Every stage's size and error are in each trial's metrics (dense_*, pruned_*, quantised_*, huffman_*).
+# One epoch at 0.1x does not recover a net pruned in one shot (docs/RESULTS.md Part V 2b, Round A); three at the base
+# rate do (Round B: 33% density, 6 bits, 11x smaller at the dense error):
+#   EXTRA_SET="sparsity=0.67 bits_conv=6 retrain_epochs=3 retrain_lr_scale=1.0" repro/deep_compression.sh
 # Larger: EXTRA_SET="base_epochs=30 source_config={dataset: cifar10} data_dir=$HOME/data" repro/deep_compression.sh
 # Env: SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI.
 source "$(dirname "$0")/_sweep.sh"
