@@ -15,7 +15,7 @@ import platform
 import statistics
 import threading
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +38,16 @@ def start_ray() -> float:
     started = time.perf_counter()
     ray.init(address="local", num_cpus=2, include_dashboard=False, log_to_driver=False)
     return time.perf_counter() - started
+
+
+def interleaved(steps: Mapping[str, Callable[[], float]], repeats: int) -> dict[str, list[float]]:
+    """``repeats`` rounds of every variant's timed step in turn (A, B, C, A, B, C, ...), so a change in the machine's
+    load hits every variant alike; each variant's list of seconds."""
+    times: dict[str, list[float]] = {label: [] for label in steps}
+    for _ in range(repeats):
+        for label, step in steps.items():
+            times[label].append(step())
+    return times
 
 
 def median(values: Sequence[float]) -> float:

@@ -43,11 +43,8 @@ def main() -> None:
     for runner in runners.values():
         for _ in range(args.warmup):
             runner.step()
-    times: dict[str, list[float]] = {norm: [] for norm in runners}
     with _common.ForeignLoad() as foreign, _common.timed() as wall:
-        for _ in range(args.repeats):
-            for norm, runner in runners.items():
-                times[norm].append(runner.step())
+        times = _common.interleaved({label: runner.step for label, runner in runners.items()}, args.repeats)
     base = _common.median(times[BASELINE])
     table = _common.Table(f"One training step (forward + backward + optimizer) of ResNet-{args.depth} by norm, "
                           f"MNIST-5k 1x28x28, {args.threads} thread(s), median of {args.repeats} interleaved rounds",

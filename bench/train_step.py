@@ -132,11 +132,8 @@ def measure(title: str, arms: list[tuple[Arm, DatasetBundle]], args: argparse.Na
             dropped.append(f"{arm.label}: {warm[-1]:.1f} s a warm-up step > --max-step {args.max_step:g} s, not timed")
             continue
         runners[arm.label] = runner
-    times: dict[str, list[float]] = {label: [] for label in runners}
     with _common.ForeignLoad() as foreign, _common.timed() as wall:
-        for _ in range(args.repeats):
-            for label, runner in runners.items():
-                times[label].append(runner.step())
+        times = _common.interleaved({label: runner.step for label, runner in runners.items()}, args.repeats)
     base = _common.median(times[BASELINE])
     table = _common.Table(title, ["network", "parameters", "batch", "median ms / step", "ms / image",
                                   "ratio to ResNet-20"])

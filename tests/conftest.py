@@ -76,6 +76,18 @@ def wait_until(condition: Callable[[], Any], what: str, process: subprocess.Pope
     pytest.fail(f"timed out waiting for {what}")
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread() -> Iterator[None]:
+    """One torch thread for a module's in-process training: on a shared 2-core machine two threads make training
+    many times slower (NOTES); restored afterwards. Use with ``pytestmark = pytest.mark.usefixtures(...)``."""
+    import torch
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture
 def registered() -> Iterator[Callable[..., Any]]:
     """``registered(name, train_fn, **register_kwargs)`` registers a test-only trainable for one test; every one is

@@ -25,14 +25,7 @@ from trainables.loop import load_data
 from trainables.resnet import build_resnet
 from trainables.resnet import resnet_from_config as resnet_tool
 
-
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """One torch thread: on a shared 2-core machine two threads make training many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 @pytest.fixture(scope="module")

@@ -30,13 +30,7 @@ from trainables.layers import SeededDraws
 TINY = {"dataset": "digits", "depth": 8, "epochs": 3, "batch_size": 64}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread() -> Any:
-    """One torch thread: on a shared 2-core machine two threads make training many times slower."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _train(overrides: dict[str, Any]) -> tuple[LocalContext, dict[str, Any]]:
