@@ -105,7 +105,6 @@ class ClassificationTask(Task):
                 metrics.update({f"{split}_loss_{mode}": loss, f"{split}_error_{mode}": error})
         return metrics
 
-
     def write_artifacts(self, directory: str) -> None:
         if self.artifacts is not None:
             os.makedirs(directory, exist_ok=True)
