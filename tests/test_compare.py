@@ -20,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+import PIL.Image
 import pytest
 from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
@@ -84,6 +85,13 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> dict:
                 client, sd, swept, {"p_L": p_L, "sd_schedule": schedule, "seed": seed, "depth": 8, "epochs": 3},
                 {"val_error": history(final, seed), "train_loss": [1.0, 0.5, 0.25]},
                 {"mlflow.parentRunId": parent, "swept": swept, "trainable": "resnet", "search_space": "toy_sd"})
+    # What a task writes (a GAN's samples): on seed 0 of two groups, so the report shows two pictures.
+    for p_L, schedule in (("0.5", "linear"), ("1.0", "uniform")):
+        picture = root / f"samples_{p_L}_{schedule}" / "samples.png"
+        picture.parent.mkdir()
+        noise = np.random.default_rng(len(schedule)).integers(0, 255, (240, 320, 3), dtype=np.uint8)
+        PIL.Image.fromarray(noise).save(picture)
+        client.log_artifact(runs[(p_L, schedule, 0)], str(picture), artifact_path="task")
     # A crashed trial with a great number: it must not win.
     log_run(client, sd, "p_L=0.5,sd_schedule=linear,seed=3",
             {"p_L": "0.5", "sd_schedule": "linear", "seed": 3, "depth": 8, "epochs": 3}, {"val_error": [0.01]},
@@ -188,7 +196,10 @@ def test_cli_tables_exports_plots_and_log(store: dict, tmp_path: Path) -> None:
         assert_non_blank_png(tmp_path / "plots" / png)
     page = (tmp_path / "report.html").read_text()
     assert COMMIT in page and "python -m orchestrator.sweep toy_sd --seeds 3" in page
-    assert page.count("data:image/png;base64,") == 2 and "http://" not in page and "https://" not in page
+    # Two plots and the two trials' samples, captioned with their group, run and value.
+    assert page.count("data:image/png;base64,") == 4 and "http://" not in page and "https://" not in page
+    assert "#1 p_L=0.5, sd_schedule=linear: samples.png of run p_L=0.5,sd_schedule=linear,seed=0" in page
+    assert "#4 p_L=1, sd_schedule=uniform: samples.png" in page
 
     client = MlflowClient(tracking_uri=store["uri"])
     logged = {a.path for a in client.list_artifacts(store["parent"], "compare")}
@@ -226,6 +237,28 @@ def test_by_one_key_folds_the_other_and_at_best(store: dict, capsys: pytest.Capt
     assert groups["sd_schedule"].tolist() == ["linear", "uniform"] and groups["n"].tolist() == [6, 6]
     assert groups.loc[0, "mean"] == pytest.approx(np.mean(best), abs=1e-12)
     assert groups.loc[0, "std"] == pytest.approx(np.std(best, ddof=1), abs=1e-12)
+
+
+def test_best_per_key_curves_of_another_metric_and_images(store: dict, capsys: pytest.CaptureFixture,
+                                                          tmp_path: Path) -> None:
+    """--best-per sd_schedule keeps each schedule at its best p_L (both 0.5); --curves-of train_loss draws a second
+    set of curves for those groups; the report shows only the shown groups' pictures."""
+    args = ["toy_sd", "--tracking-uri", store["uri"], "--best-per", "sd_schedule", "--curves-of", "train_loss",
+            "--plots", str(tmp_path / "plots"), "--html", str(tmp_path / "r.html")]
+    code, out, _ = compare_main(args, capsys)
+    assert code == 0, out
+    for png in ("learning_curves.png", "learning_curves_train_loss.png"):
+        assert_non_blank_png(tmp_path / "plots" / png)
+    page = (tmp_path / "r.html").read_text()
+    best = page.split("<h2>Best per sd_schedule</h2>")[1].split("</table>")[0]
+    assert best.count("<tr>") == 3 and "<td>linear</td>" in best and "<td>uniform</td>" in best
+    assert "<td>0.12</td>" in best and "<td>0.23</td>" in best  # (0.5, linear) and (0.5, uniform)
+    assert "#1 p_L=0.5, sd_schedule=linear: samples.png" in page and "sd_schedule=uniform: samples.png" not in page
+
+    for bad, message in ((["--best-per", "depth"], "--best-per depth is not a grouping key"),
+                         (["--curves-of", "nope"], "nope")):
+        code, _, err = compare_main(["toy_sd", "--tracking-uri", store["uri"], *bad], capsys)
+        assert code != 0 and message in err and "Traceback" not in err
 
 
 PSNR_TRAINABLE = "toy_psnr_task"
@@ -434,7 +467,7 @@ def test_html_report_renders_in_headless_chromium(store: dict, tmp_path: Path, c
     assert code == 0
     images, errors = render_in_chromium(report, tmp_path / "profile")
     assert errors == []
-    assert len(images) == 2 and all(done and width > 300 and height > 200 for done, width, height in images), images
+    assert len(images) == 4 and all(done and width > 300 and height > 200 for done, width, height in images), images
 
     # The probe is not blind: an outside image and a console.error on the same page are both reported.
     broken = tmp_path / "broken.html"

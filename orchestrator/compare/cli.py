@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from orchestrator import cli
-from orchestrator.compare import plots, read, report
+from orchestrator.compare import images, plots, read, report
 from orchestrator.compare.directions import Directions, parse_objectives
 from orchestrator.compare.ranking import Verdict, aggregate, pareto_points, top_two_verdict
 from orchestrator.compare.select import final_values, selected_steps
@@ -45,6 +45,8 @@ class Comparison:
     reward: tuple[str, str] | None = None
     points: pd.DataFrame | None = None  # trials with the --pareto / --reward metrics (and a "pareto" mask)
     extra_tables: dict[str, pd.DataFrame] = field(default_factory=dict)
+    shown: pd.DataFrame | None = None  # the groups drawn (--best-per); None: the best --curves groups
+    curve_histories: dict[str, pd.DataFrame] = field(default_factory=dict)  # --curves-of metrics' histories
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -75,6 +77,15 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--reward", metavar="METRIC[:MODE]", help="plot this metric over trials, e.g. reward:max")
     parser.add_argument("--top", type=int, default=20, help="groups shown in the terminal (default 20)")
     parser.add_argument("--curves", type=int, default=10, help="best groups drawn as learning curves (default 10)")
+    parser.add_argument("--curves-of", metavar="METRIC[,METRIC]",
+                        help="also draw these metrics' learning curves (e.g. train_loss), for the same groups")
+    parser.add_argument("--best-per", metavar="KEY",
+                        help="the curves and images show each value of this grouping key at its best setting of "
+                        "the others (e.g. --best-per optimizer: each optimizer at its tuned learning rate), and a "
+                        "table of those groups")
+    parser.add_argument("--images", type=int, default=4, metavar="N",
+                        help="the HTML report shows the images (task/ artifacts: samples, reconstructions) of the "
+                        "N best groups' lowest-seed runs (default 4; 0: none)")
     parser.add_argument("--csv", type=Path, help="write the ranked groups as CSV")
     parser.add_argument("--markdown", type=Path, help="write the ranked groups as a Markdown table")
     parser.add_argument("--plots", type=Path, help="write PNG plots into this folder")
@@ -165,6 +176,11 @@ def compare_runs(args: argparse.Namespace) -> Comparison:
     read.check_names(trials, [metric, *([args.select] if args.select else []), *extra_metrics], by)
     if args.x and args.x not in by:
         raise cli.UserError(f"--x {args.x} is not a grouping key; grouping keys: {', '.join(by) or '(none)'}")
+    if args.best_per and args.best_per not in by:
+        raise cli.UserError(f"--best-per {args.best_per} is not a grouping key; grouping keys: "
+                            f"{', '.join(by) or '(none)'}")
+    curve_metrics = [m.strip() for m in (args.curves_of or "").split(",") if m.strip() and m.strip() != metric]
+    read.check_names(trials, curve_metrics, by)
     mode, mode_from = directions.mode(metric, args.mode)
     select = directions.selection(args.select, metric) if args.at == "best" else None
     if select is not None:
@@ -219,6 +235,11 @@ def compare_runs(args: argparse.Namespace) -> Comparison:
     result = Comparison(uri=uri, client=client, parents=parents, trials=trials, table=table, groups=groups,
                         histories=histories, by=by, metric=metric, value_name=value_name, title=title, where=where,
                         notes=notes, verdict=verdict, pareto=pareto, reward=reward)
+    if args.best_per:  # groups are ranked best first: the first of each value is that value's best setting
+        result.shown = groups.groupby(args.best_per, sort=False, dropna=False).head(1).reset_index(drop=True)
+        result.extra_tables[f"Best per {args.best_per}"] = report.display_table(result.shown)
+    if args.plots or args.html or args.log:
+        result.curve_histories = {m: read.metric_histories(client, run_ids, m) for m in curve_metrics}
 
     # 3. Pareto front and reward: each trial's values at the same step as the ranked metric (one epoch a trial).
     if pareto or reward:
@@ -247,9 +268,12 @@ def write_files(args: argparse.Namespace, argv: Sequence[str] | None, r: Compari
         plot_dir = args.plots or Path(tmp)
         drawn: list[Path] = []
         if args.plots or args.html or args.log:
-            curve = plots.plot_learning_curves(r.histories, r.table, r.groups, r.by, r.metric,
-                                               plot_dir / "learning_curves.png", args.curves)
-            drawn += [curve] if curve else []
+            shown = r.groups if r.shown is None else r.shown
+            for name, histories in {r.metric: r.histories, **r.curve_histories}.items():
+                file = "learning_curves.png" if name == r.metric else f"learning_curves_{name}.png"
+                curve = plots.plot_learning_curves(histories, r.table, shown, r.by, name, plot_dir / file,
+                                                   args.curves)
+                drawn += [curve] if curve else []
             # Against a categorical key (say one value per architecture) a line means nothing: only when asked.
             x = args.x or next((k for k in r.by if pd.api.types.is_numeric_dtype(r.groups[k])), None)
             if x is not None and len(r.groups) > 1:
@@ -267,9 +291,13 @@ def write_files(args: argparse.Namespace, argv: Sequence[str] | None, r: Compari
                      "Command: python -m orchestrator.compare " + shlex.join(sys.argv[1:] if argv is None else argv),
                      f"Generated {dt.datetime.now().isoformat(timespec='seconds')}.",
                      *(f"Note: {n}" for n in r.notes), r.title]
+            shown = r.groups if r.shown is None else r.shown
+            pictures = images.fetch_group_images(r.client, r.table, shown, r.by, r.value_name, Path(tmp) / "images",
+                                                 args.images) if args.images > 0 else []
             report.write_html(args.html, title=f"Comparison of {r.where}", intro=intro, verdict=r.verdict,
                               groups=r.groups, plots=drawn, provenance=report.provenance_table(r.parents, r.trials),
-                              extra_tables=r.extra_tables, trials=r.table.drop(columns=["start_time"]))
+                              extra_tables=r.extra_tables, trials=r.table.drop(columns=["start_time"]),
+                              images=pictures)
             outputs.append(args.html)
         if args.log:
             if r.parents.empty:

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from orchestrator.compare.images import TrialImage
 from orchestrator.compare.ranking import Verdict
 from orchestrator.compare.read import PARENT_TAG
 from orchestrator.tables import fmt_number, markdown_table
@@ -67,14 +68,12 @@ def provenance_table(parents: pd.DataFrame, trials: pd.DataFrame) -> pd.DataFram
 
 def write_html(path: Path, *, title: str, intro: Sequence[str], verdict: Verdict, groups: pd.DataFrame,
                plots: Sequence[Path], provenance: pd.DataFrame, extra_tables: dict[str, pd.DataFrame],
-               trials: pd.DataFrame) -> Path:
+               trials: pd.DataFrame, images: Sequence[TrialImage] = ()) -> Path:
     """One HTML file with everything inline (images as data: URIs). Its Content-Security-Policy forbids every
     outside resource, so a page that renders at all renders offline."""
-    images = []
-    for plot in plots:
-        data = base64.b64encode(Path(plot).read_bytes()).decode()
-        images.append(f'<figure><img alt="{html.escape(plot.stem)}" src="data:image/png;base64,{data}">'
-                      f"<figcaption>{html.escape(plot.stem.replace('_', ' '))}</figcaption></figure>")
+    figures = [_figure(plot, plot.stem, plot.stem.replace("_", " ")) for plot in plots]
+    pictures = [_figure(image.path, image.path.stem, image.caption) for image in images]
+    pictures_html = f"<h2>Images the trials wrote</h2>{''.join(pictures)}" if pictures else ""
     extra = "".join(f"<h2>{html.escape(name)}</h2>{_html_table(t)}" for name, t in extra_tables.items())
     page = f"""<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8">
@@ -93,7 +92,8 @@ code, .mono {{ font-family: ui-monospace, monospace; font-size: 12px; }}
 {"".join(f"<p>{html.escape(line)}</p>" for line in intro)}
 <p class="verdict">{html.escape(verdict.text)}</p>
 <h2>Ranked groups</h2>{_html_table(display_table(groups))}
-<h2>Plots</h2>{"".join(images) or "<p>(no plots)</p>"}
+<h2>Plots</h2>{"".join(figures) or "<p>(no plots)</p>"}
+{pictures_html}
 {extra}
 <h2>Sweeps (parent runs): commands and commits</h2>{_html_table(provenance)}
 <details><summary>All {len(trials)} trial runs</summary>{_html_table(trials)}</details>
@@ -102,6 +102,14 @@ code, .mono {{ font-family: ui-monospace, monospace; font-size: 12px; }}
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path
+
+
+def _figure(path: Path, alt: str, caption: str) -> str:
+    """An image inline as a data: URI, with its caption."""
+    kind = "jpeg" if path.suffix.lower() in (".jpg", ".jpeg") else "png"
+    data = base64.b64encode(Path(path).read_bytes()).decode()
+    return (f'<figure><img alt="{html.escape(alt)}" src="data:image/{kind};base64,{data}">'
+            f"<figcaption>{html.escape(caption)}</figcaption></figure>")
 
 
 def write_markdown(path: Path, title: str, groups: pd.DataFrame, verdict: Verdict) -> Path:
