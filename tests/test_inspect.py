@@ -160,7 +160,8 @@ def test_every_classifier_offers_inspect_and_the_adversarial_keys_without_import
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120,
                             env=cli_env(Path.cwd()))
     assert result.returncode == 0, result.stderr[-2000:]
-    assert {"resnet", "preact_resnet", "swapout", "fmp_net", "squeezenet", "inception"} <= set(result.stdout.split())
+    assert {"resnet", "preact_resnet", "swapout", "fmp_net", "squeezenet", "inception", "nas_child", "linear", "mlp",
+            "alexnet", "vgg", "googlenet"} <= set(result.stdout.split())
 
 
 def _one_line_error(argv: list[str], capsys: pytest.CaptureFixture, expected: str) -> None:

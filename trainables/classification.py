@@ -174,10 +174,10 @@ def register_classifier(name: str, build: BuildModel, *, defaults: Mapping[str, 
     return register(name, defaults={**defaults, **ADVERSARIAL_DEFAULTS},
                     validate=(validate_loop_config, validate_adversarial, *validators), description=description,
                     metrics=metrics, primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS, paths=LOOP_PATHS,
-                    canonical=canonical_all, tools={"model": build, "inspect": _inspect_tool(build, loss)})(train)
+                    canonical=canonical_all, tools={"model": build, "inspect": inspect_tool(build, loss)})(train)
 
 
-def _inspect_tool(build: BuildModel, loss: Callable[[Mapping[str, Any]], LossFn] | None) -> Callable[..., Any]:
+def inspect_tool(build: BuildModel, loss: Callable[[Mapping[str, Any]], LossFn] | None) -> Callable[..., Any]:
     """A classifier's ``inspect`` tool, :func:`trainables.inspection.inspect_checkpoint` with its builder and loss
     bound; imported when called, so registering a classifier does not import matplotlib."""
     def inspect(config: Mapping[str, Any], checkpoint_dir: str, **options: Any) -> Any:

@@ -16,9 +16,12 @@ from collections.abc import Iterator
 from typing import Any
 
 import torch
+from torch import nn
 
-from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier
+from trainables.adversarial import ADVERSARIAL_DEFAULTS, canonical_adversarial, validate_adversarial
+from trainables.classification import CLASSIFICATION_METRICS, CLASSIFICATION_PRIMARY, fit_classifier, inspect_tool
 from trainables.context import Context
+from trainables.data import DatasetBundle
 from trainables.latency import LatencyCache, cached_latency
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, load_data, validate_loop_config
 from trainables.nas_spaces import SPACES, count_macs, count_params, get_space
@@ -44,6 +47,7 @@ NAS_CHILD_DEFAULTS: dict[str, Any] = {
     "latency_threads": 1,
     "latency_cache": None,  # JSON file shared by the trials of a machine; None = always measure
     "norm": "batch",  # none | batch | weight | mean_only_batch | weight+mean_only_batch (trainables/normalization)
+    **ADVERSARIAL_DEFAULTS,  # FGSM training, as for every classifier
 }
 
 
@@ -69,6 +73,14 @@ def _fixed_seed(seed: int) -> Iterator[None]:
         torch.set_rng_state(state)
 
 
+def build_nas_child(config: dict[str, Any], data: DatasetBundle) -> nn.Module:
+    """The child network ``config['tokens']`` name, for ``data``'s images (also the ``model`` tool: inspect and
+    Deep Compression rebuild a checkpoint's net with it)."""
+    space = get_space(config["space"], config["num_blocks"])
+    tokens = list(config["tokens"]) or [0] * len(space.decisions)
+    return apply_norm(space.build(tokens, data.input_shape, data.num_classes), config["norm"])
+
+
 def child_stats(config: dict[str, Any], input_shape: tuple[int, int, int], num_classes: int,
                 device: torch.device | str = "cpu") -> dict[str, float]:
     """Latency (cached), params and MACs of the child ``config`` names, on ``device``."""
@@ -86,10 +98,12 @@ def child_stats(config: dict[str, Any], input_shape: tuple[int, int, int], num_c
     return {**stats, "params": float(count_params(model)), "macs": float(count_macs(model, input_shape))}
 
 
-@register("nas_child", defaults=NAS_CHILD_DEFAULTS, validate=(validate_loop_config, validate_nas_child),
+@register("nas_child", defaults=NAS_CHILD_DEFAULTS,
+          validate=(validate_loop_config, validate_adversarial, validate_nas_child), canonical=canonical_adversarial,
           metrics={**CLASSIFICATION_METRICS, "latency_ms": "min", "params": "min", "macs": "min"},
           primary=CLASSIFICATION_PRIMARY, user_errors=LOOP_USER_ERRORS, paths=(*LOOP_PATHS, "latency_cache"),
-          tools={"architecture_search": ArchitectureSearch(
+          tools={"model": build_nas_child, "inspect": inspect_tool(build_nas_child, None),
+                 "architecture_search": ArchitectureSearch(
               spaces=tuple(SPACES), get_space=get_space, accuracy="val_accuracy", latency="latency_ms",
               space_key="space", blocks_key="num_blocks", tokens_key="tokens", arch_key="arch",
               index_key="trial_index", cache_key="latency_cache", columns=("params", "macs", "latency_cv"))})
@@ -103,6 +117,6 @@ def train_nas_child(config: dict[str, Any], ctx: Context) -> None:
     except RuntimeError as err:  # e.g. a kernel larger than a padded map on an unusual input size
         raise ConfigError(f"architecture {space.describe(tokens)} does not build for {data.input_shape}: "
                           f"{err}") from None
+    del extras["params"]  # the classification task reports the same count every epoch
     ctx.add_to_reports(extras)
-    fit_classifier(ctx, config, data,
-                   lambda: apply_norm(space.build(tokens, data.input_shape, data.num_classes), config["norm"]))
+    fit_classifier(ctx, config, data, lambda: build_nas_child(config, data))
