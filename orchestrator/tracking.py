@@ -31,6 +31,10 @@ _NOT_METRICS = {
 }
 
 
+# Each report's task artifacts, kept: <TASK_HISTORY>/epoch_NNN/ (``task/`` holds the last report's).
+TASK_HISTORY = "task_history"
+
+
 class TrackingError(RuntimeError):
     """The tracking store cannot be used (unreachable server, unwritable file). One readable line."""
 
@@ -254,6 +258,11 @@ class MlflowTrialCallback(Callback):
         # registers the checkpoint, in the same step: from here on a resume continues from it (interrupt tests wait
         # for this tag; the metrics of a report reach MLflow before its checkpoint is registered).
         self.tracker.client.set_tag(self.run_id(trial), "checkpoint", str(checkpoint.path))
+        # What the task drew at this report (a GAN's samples), kept per epoch: training's pictures over time.
+        if getattr(getattr(checkpoint, "filesystem", None), "type_name", "local") == "local":
+            step = int((trial.last_result or {}).get("training_iteration", 0))
+            _log_task_artifacts(self.tracker.client, self.run_id(trial), str(checkpoint.path),
+                                artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._finish(self.run_id(trial), trial, "FINISHED")
@@ -318,14 +327,14 @@ class MlflowTrialCallback(Callback):
                 _log_task_artifacts(client, run_id, path)
 
 
-def _log_task_artifacts(client: Any, run_id: str, checkpoint_dir: str) -> None:
+def _log_task_artifacts(client: Any, run_id: str, checkpoint_dir: str, artifact_path: str = "task") -> None:
     """What the task wrote beside its checkpoint (``Task.write_artifacts``: images, tables) also at the run's
-    ``task/``, where a user looks first."""
+    ``task/`` (the last report's), where a user looks first, or at ``artifact_path``."""
     from trainables.context import TASK_ARTIFACTS  # the checkpoint layout's seam (imports torch: only here)
 
     folder = os.path.join(checkpoint_dir, TASK_ARTIFACTS)
     if os.path.isdir(folder):
-        client.log_artifacts(run_id, folder, artifact_path="task")
+        client.log_artifacts(run_id, folder, artifact_path=artifact_path)
 
 
 def _trial_error_text(trial: Any) -> str:

@@ -183,6 +183,8 @@ def test_a_linear_sweep_logs_its_templates_and_parameter_count_into_the_trial_ru
     runs = client.search_runs([client.get_experiment_by_name("baselines_linear").experiment_id])
     (child,) = [r for r in runs if "mlflow.parentRunId" in r.data.tags]
     assert [a.path for a in client.list_artifacts(child.info.run_id, "task")] == ["task/templates.png"]
+    history = client.list_artifacts(child.info.run_id, "task_history/epoch_001")  # every report's, kept
+    assert [a.path for a in history] == ["task_history/epoch_001/templates.png"]
     png = Path(client.download_artifacts(child.info.run_id, "task/templates.png", str(tmp_path)))
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert child.data.metrics["params"] == 784 * 10 + 10  # W and b of s = Wx + b on 28x28 digits
