@@ -9,8 +9,16 @@
 # chance. The per-step cost of each norm is bench/norm_step.py's table.
 # CIFAR-10 on GPUs (the paper: 200 epochs of Adam at 0.003): EPOCHS=200 EXTRA_SET="dataset=cifar10
 #   data_dir=$HOME/data/cifar-10-batches-py" SWEEP_ARGS="--gpus-per-trial 1" repro/normalization.sh
-# Env: EPOCHS BATCHES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI.
+# The same five on a plain convnet like the paper's (search_spaces/normalization_plain.yaml: the small VGG-11-style
+# net, no shortcuts), 15 more trials.
+# Env: PARTS (default "residual plain"; either alone) EPOCHS BATCHES SEEDS EXTRA_SET SWEEP_ARGS MLFLOW_TRACKING_URI.
 source "$(dirname "$0")/_sweep.sh"
-EXP="repro_normalization_$(date +%Y%m%d_%H%M%S)"
-repro_space normalization
-python repro/summarize.py "$EXP" --by norm --metrics train_loss val_error test_error
+STAMP=$(date +%Y%m%d_%H%M%S)
+for part in ${PARTS:-residual plain}; do
+  case $part in
+    residual) EXP="repro_normalization_$STAMP"; repro_space normalization ;;
+    plain) EXP="repro_normalization_plain_$STAMP"; repro_space normalization_plain ;;
+    *) echo "error: PARTS: unknown part '$part' (residual, plain)" >&2; exit 2 ;;
+  esac
+  python repro/summarize.py "$EXP" --by norm --metrics params train_loss val_error test_error
+done
