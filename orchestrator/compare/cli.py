@@ -79,8 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--curves", type=int, default=10, help="best groups drawn as learning curves (default 10)")
     parser.add_argument("--curves-of", metavar="METRIC[,METRIC]",
                         help="also draw these metrics' learning curves (e.g. train_loss), for the same groups")
-    parser.add_argument("--best-per", metavar="KEY",
-                        help="the curves and images show each value of this grouping key at its best setting of "
+    parser.add_argument("--best-per", metavar="KEY[,KEY]",
+                        help="the curves and images show each value of these grouping keys at its best setting of "
                         "the others (e.g. --best-per optimizer: each optimizer at its tuned learning rate), and a "
                         "table of those groups")
     parser.add_argument("--images", type=int, default=4, metavar="N",
@@ -176,9 +176,10 @@ def compare_runs(args: argparse.Namespace) -> Comparison:
     read.check_names(trials, [metric, *([args.select] if args.select else []), *extra_metrics], by)
     if args.x and args.x not in by:
         raise cli.UserError(f"--x {args.x} is not a grouping key; grouping keys: {', '.join(by) or '(none)'}")
-    if args.best_per and args.best_per not in by:
-        raise cli.UserError(f"--best-per {args.best_per} is not a grouping key; grouping keys: "
-                            f"{', '.join(by) or '(none)'}")
+    best_per = [k.strip() for k in (args.best_per or "").split(",") if k.strip()]
+    for key in best_per:
+        if key not in by:
+            raise cli.UserError(f"--best-per {key} is not a grouping key; grouping keys: {', '.join(by) or '(none)'}")
     curve_metrics = [m.strip() for m in (args.curves_of or "").split(",") if m.strip() and m.strip() != metric]
     read.check_names(trials, curve_metrics, by)
     mode, mode_from = directions.mode(metric, args.mode)
@@ -235,9 +236,9 @@ def compare_runs(args: argparse.Namespace) -> Comparison:
     result = Comparison(uri=uri, client=client, parents=parents, trials=trials, table=table, groups=groups,
                         histories=histories, by=by, metric=metric, value_name=value_name, title=title, where=where,
                         notes=notes, verdict=verdict, pareto=pareto, reward=reward)
-    if args.best_per:  # groups are ranked best first: the first of each value is that value's best setting
-        result.shown = groups.groupby(args.best_per, sort=False, dropna=False).head(1).reset_index(drop=True)
-        result.extra_tables[f"Best per {args.best_per}"] = report.display_table(result.shown)
+    if best_per:  # groups are ranked best first: the first of each value is that value's best setting
+        result.shown = groups.groupby(best_per, sort=False, dropna=False).head(1).reset_index(drop=True)
+        result.extra_tables[f"Best per {', '.join(best_per)}"] = report.display_table(result.shown)
     if args.plots or args.html or args.log:
         result.curve_histories = {m: read.metric_histories(client, run_ids, m) for m in curve_metrics}
 
