@@ -110,9 +110,10 @@ def log_q(z: torch.Tensor, log_pi: torch.Tensor) -> torch.Tensor:
 
 
 def score_function_surrogate(f: torch.Tensor, log_q_z: torch.Tensor, baseline: torch.Tensor | float) -> torch.Tensor:
-    """A scalar whose gradient is the REINFORCE estimate (1/B) sum_i (f_i - b_i) grad log q(z_i|x_i); its value
-    means nothing. ``f`` and ``baseline`` carry no gradient here."""
-    return ((f - baseline).detach() * log_q_z).mean()
+    """A zero whose gradient is the REINFORCE estimate (1/B) sum_i (f_i - b_i) grad log q(z_i|x_i) (s - stop(s):
+    the reported loss stays -ELBO). ``f`` and ``baseline`` carry no gradient here."""
+    s = ((f - baseline).detach() * log_q_z).mean()  # grad s = mean_i (f_i - b_i) grad log q(z_i|x_i)
+    return s - s.detach()
 
 
 def temperature_at(step: int, tau0: float, tau_min: float, rate: float, every: int) -> float:
@@ -196,7 +197,8 @@ class GumbelVaeTask(Task):
         surrogate = score_function_surrogate(f, log_q(z, log_pi), baseline)
         d = float(cfg["baseline_decay"])
         self.baseline_mean = d * self.baseline_mean + (1 - d) * float(f.detach().mean())  # c <- d c + (1 - d) mean(f)
-        # grad: decoder by grad f, encoder by REINFORCE plus the exact grad of -KL, b(x) by its squared error
+        # grad: decoder by grad f, encoder by REINFORCE plus the exact grad of -KL, b(x) by its squared error;
+        # value: -ELBO (+ b(x)'s squared error)
         loss = -(f.mean() + surrogate - kl.mean()) + extra
         return {"loss": loss, "elbo": (f - kl).mean().detach()}
 
