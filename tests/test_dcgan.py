@@ -153,6 +153,20 @@ def test_a_short_training_lowers_the_held_out_reconstruction_error() -> None:
     assert last["val_recon_mse"] < first["val_recon_mse"]
 
 
+def test_a_resumed_run_continues_exactly_where_it_stopped(tmp_path: Path) -> None:
+    # both optimizers, batch norm's running statistics and the z draws come back from the checkpoint
+    spec = registry.get("dcgan")
+    tiny = {"norm": "batch", "epochs": 2, "steps_per_epoch": 3, "width": 4, "recon_images": 8, "recon_steps": 2}
+    straight = LocalContext()
+    spec.train(spec.resolve(tiny), straight)
+    spec.train(spec.resolve({**tiny, "epochs": 1}), LocalContext(checkpoint_root=str(tmp_path)))
+    resumed = LocalContext(checkpoint_root=str(tmp_path))
+    spec.train(spec.resolve(tiny), resumed)
+    (again,) = resumed.results
+    for key in ("epoch", "step", "train_d_loss", "train_g_loss", "val_recon_mse", "test_recon_mse"):
+        assert again[key] == straight.results[-1][key], key
+
+
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"norm": "spectral"}, "norm='spectral' is not one of"),
     ({"recon_steps": 0}, "recon_steps=0 is out of range"),
