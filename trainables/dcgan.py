@@ -64,7 +64,7 @@ DCGAN_DEFAULTS: dict[str, Any] = {
     "z_dim": 100,
     "width": 32,  # channels of D's first layer / G's last hidden layer (the paper's DCGAN: 64)
     "steps_per_epoch": 0,  # > 0: exactly this many D+G steps per report; 0: one pass over the training split
-    "recon_images": 100,  # held-out images per split in the reconstruction measure (the first ones, fixed)
+    "recon_images": 100,  # held-out images per split in the reconstruction measure (a fixed random subset)
     "recon_steps": 50,  # RMSProp steps on z (the authors' running test: 50)
     "recon_lr": 0.01,  # the authors' running test
     "num_samples": 64,  # images in samples.png (a fixed z)
@@ -149,6 +149,13 @@ def reconstruction_mse(generator: nn.Module, images: Tensor, z_dim: int, steps: 
         generator.train(was_training)
 
 
+def held_out_indices(size: int, n: int) -> Tensor:
+    """The ``n`` images of a split the reconstruction measure scores: a random subset drawn with a fixed seed (0),
+    the same in every trial, so trials are compared on the same images (the splits are stored sorted by class,
+    so the first n would be one or two digits)."""
+    return torch.randperm(size, generator=torch.Generator().manual_seed(0))[:n]
+
+
 class DCGANTask(Task):
     """Generator and discriminator, one RMSProp each; a D step then a G step per batch (manual optimization)."""
 
@@ -214,7 +221,7 @@ class DCGANTask(Task):
         for name, split in (("val", self.data.val), ("test", self.data.test)):
             if len(split) == 0:
                 continue
-            images = split.x[:n].to(ctx.device).float() / 255.0
+            images = split.x[held_out_indices(len(split), n)].to(ctx.device).float() / 255.0
             mse, recon = reconstruction_mse(generator, images, self.z_dim, int(self.config["recon_steps"]),
                                             float(self.config["recon_lr"]))
             metrics[f"{name}_recon_mse"] = float(mse.mean())
