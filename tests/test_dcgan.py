@@ -181,6 +181,7 @@ def test_bad_config_values_are_one_line_config_errors(overrides: dict, message: 
     assert "\n" not in str(info.value)
 
 
+@pytest.mark.slow  # one real sweep trial through Ray and MLflow: about 40 s after the session's Ray is up
 def test_one_sweep_trial_logs_the_reconstruction_metrics_and_the_sample_grids(tmp_path: Path,
                                                                              ray_address: str) -> None:
     from mlflow.tracking import MlflowClient

@@ -13,7 +13,7 @@ Networks (DCGAN, Radford et al. 2016, sized for H x W images with H, W divisible
     G: z -> linear -> 2w x H/4 x W/4 -> convT 4x4/2 -> w x H/2 x W/2 -> convT 4x4/2 -> C x H x W -> sigmoid
     D: x -> conv 4x4/2 -> w x H/2 x W/2 -> conv 4x4/2 -> 2w x H/4 x W/4 -> conv (H/4 x W/4) -> logit
 
-``norm`` (the paper's three arms, Sec. 5):
+``norm`` (the paper's three arms, as in the authors' code):
 - ``vanilla``: plain layers with biases, PReLU after every hidden layer of G and D;
 - ``batch``: as vanilla with batch norm after every hidden layer except D's first (G's and D's last layers have
   none), as DCGAN does;
@@ -93,7 +93,7 @@ class Generator(nn.Module):
         self.linear = WNLinear(z_dim, units) if weight else nn.Linear(z_dim, units)
         self.start_act = nn.Sequential(*_hidden(norm, nn.Identity(), 2 * width))
         up1 = (WNConvTranspose2d if weight else nn.ConvTranspose2d)(2 * width, width, 4, stride=2, padding=1)
-        if weight:  # the output layer is affine weight-normalized (paper Sec. 3)
+        if weight:  # the output layer is affine weight-normalized, as in the paper
             up2: nn.Module = WNConvTranspose2d(width, c, 4, stride=2, padding=1, affine=True)
         else:
             up2 = nn.ConvTranspose2d(width, c, 4, stride=2, padding=1)
@@ -124,8 +124,8 @@ class Discriminator(nn.Module):
 
 def reconstruction_mse(generator: nn.Module, images: Tensor, z_dim: int, steps: int,
                        lr: float) -> tuple[Tensor, Tensor]:
-    """The reconstruction measure of Xiang & Li 2017 (Sec. 4): how closely the frozen generator can reproduce
-    held-out images.
+    """The reconstruction measure of Xiang & Li 2017 (arXiv:1704.03971): how closely the frozen generator can
+    reproduce held-out images.
 
     For each image x, z starts at 0 and RMSProp (alpha 0.9, eps 1e-6, as the authors' code) takes ``steps``
     steps on  ||G(z) - x||^2 / D  (D pixels) with G's weights fixed; the score is that mean squared error at

@@ -1,5 +1,5 @@
 """The weight normalization of Xiang & Li 2017 for GANs ("On the Effects of Batch and Weight Normalization in
-Generative Adversarial Networks", arXiv:1704.03971, Sec. 3).
+Generative Adversarial Networks", arXiv:1704.03971).
 
 A unit's weight vector w enters only through its direction:
 
