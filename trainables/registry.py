@@ -48,6 +48,7 @@ TRAINABLE_MODULES: dict[str, str] = {
     "vgg": "trainables.small_convnets",
     "googlenet": "trainables.small_convnets",
     "gumbel_vae": "trainables.gumbel_vae",
+    "dcgan": "trainables.dcgan",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
