@@ -47,6 +47,7 @@ TRAINABLE_MODULES: dict[str, str] = {
     "alexnet": "trainables.small_convnets",
     "vgg": "trainables.small_convnets",
     "googlenet": "trainables.small_convnets",
+    "gan": "trainables.gan",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
