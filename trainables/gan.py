@@ -70,9 +70,11 @@ GAN_DEFAULTS: dict[str, Any] = {
     "sample_grid": 64,  # images in samples.png, from a fixed z
     # The paper's SGD (lr 0.1, momentum 0.5 -> 0.7, lr decay 1.000004 per step) needs hours of steps; Adam with
     # beta1 = 0.5 (Radford et al. 2016's GAN setting: a smaller first moment damps the oscillation of the game)
-    # gives recognisable digits in a few CPU minutes. A constant rate: the game has no "converged" to anneal to.
+    # learns in CPU minutes. Measured at these sizes, 20 passes (700 iterations, ~3 min on one thread), seed 0:
+    # lr 1e-3 gave varied, recognisable digits (val / test Parzen -26 / -47); 5e-4: -38 / -68, fewer modes;
+    # 2e-4: -56 / -88 after 1050 iterations, two modes. A constant rate: the game has no optimum to anneal to.
     "optimizer": "adam",
-    "lr": 2e-4,
+    "lr": 1e-3,
     "betas": [0.5, 0.999],
     "weight_decay": 0.0,
     "lr_schedule": "constant",
@@ -100,8 +102,8 @@ def generator(z_dim: int, hidden: list[int], image_shape: tuple[int, ...]) -> nn
     layers: list[nn.Module] = []
     for a, b in zip(widths[:-1], widths[1:], strict=True):
         layers += [nn.Linear(a, b), nn.ReLU()]
-    pixels = int(torch.tensor(image_shape).prod())
-    return nn.Sequential(*layers, nn.Linear(widths[-1], pixels), nn.Sigmoid(), nn.Unflatten(1, tuple(image_shape)))
+    d = int(torch.tensor(image_shape).prod())  # pixels
+    return nn.Sequential(*layers, nn.Linear(widths[-1], d), nn.Sigmoid(), nn.Unflatten(1, tuple(image_shape)))
 
 
 def discriminator(image_shape: tuple[int, ...], units: list[int], pieces: int, input_dropout: float,
