@@ -49,6 +49,7 @@ TRAINABLE_MODULES: dict[str, str] = {
     "googlenet": "trainables.small_convnets",
     "gumbel_vae": "trainables.gumbel_vae",
     "dcgan": "trainables.dcgan",
+    "gan": "trainables.gan",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
