@@ -63,6 +63,9 @@ def plot_metric_vs_param(groups: pd.DataFrame, by: Sequence[str], x: str, metric
         label = ", ".join(f"{k}={fmt_number(v)}" for k, v in zip(others, key, strict=True)) or metric
         xs = part[x] if pd.api.types.is_numeric_dtype(part[x]) else part[x].astype(str)
         ax.errorbar(xs, part["mean"], yerr=half.fillna(0), marker="o", capsize=4, label=label)
+    values = pd.to_numeric(groups[x], errors="coerce")
+    if values.notna().all() and (values > 0).all() and values.max() >= 100 * values.min():
+        ax.set_xscale("log")  # rates, weight decays, sizes: decades apart, as they are swept
     ax.set_xlabel(x)
     ax.set_ylabel(f"{metric} (mean over seeds)")
     ax.set_title(f"{metric} vs {x}; error bars: 95% t-interval")
