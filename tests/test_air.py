@@ -173,6 +173,23 @@ def test_air_learns_to_count_in_a_bounded_budget() -> None:
     assert last["test_count_accuracy"] > mode_share + 0.1, (mode_share, last)
 
 
+def test_a_resumed_run_continues_exactly(tmp_path: Path) -> None:
+    """Two epochs in one go equal one epoch, a restart from its checkpoint, and the second epoch: weights, both
+    optimizers, NVIL's moving statistics (baseline buffers), the annealing step and the canvases of each epoch."""
+    spec = registry.get("air")
+    config = spec.resolve({**SMALL, "epochs": 2, "limit_train_batches": 4, "train_canvases": 256, "lr": 1e-3,
+                           "val_canvases": 40, "test_canvases": 40, "anneal_steps": 6})
+    straight = LocalContext()
+    spec.train(config, straight)
+    first = LocalContext(checkpoint_root=str(tmp_path))
+    spec.train({**config, "epochs": 1}, first)
+    resumed = LocalContext(checkpoint_root=str(tmp_path))
+    spec.train(config, resumed)
+    assert [r["epoch"] for r in resumed.results] == [2]
+    for key in ("train_elbo", "val_elbo", "test_elbo", "train_prior_rho"):
+        assert resumed.results[0][key] == straight.results[-1][key], key
+
+
 # ---------------------------------------------------------------------------------------------------- config
 @pytest.mark.parametrize(("overrides", "message"), [
     ({"max_steps": 2}, "max_steps=2 cannot count"),
@@ -196,12 +213,13 @@ def test_air_is_registered_with_its_metrics() -> None:
 
 
 # ----------------------------------------------------------------------------------------------- the sweep CLI
+@pytest.mark.slow  # one real sweep trial through Ray and MLflow: about 50 s after the session's Ray is up
 def test_an_air_sweep_trial_logs_its_metrics_and_reconstructions(tmp_path: Path, ray_address: str) -> None:
     from mlflow.tracking import MlflowClient
 
     from tests.conftest import run_cli
 
-    pins = [f"{k}={v}" for k, v in SMALL.items()] + ["epochs=1", "limit_train_batches=3", "prior_end=1e-3",
+    pins = [f"{k}={v}" for k, v in SMALL.items()] + ["epochs=1", "limit_train_batches=3", "prior_end=0.001",
                                                      "anneal_steps=0"]
     sweep = run_cli("orchestrator.sweep", ["air_prior", "--seeds", "1", "--address", ray_address, "--set", *pins],
                     tmp_path)

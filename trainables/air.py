@@ -189,14 +189,15 @@ class AirTask(Task):
 
     @torch.no_grad()
     def write_artifacts(self, directory: str) -> None:
-        """``reconstructions.png``: 8 val canvases (top row) and their greedy reconstructions with the boxes of the
-        objects AIR inferred (bottom row), and the same for canvases with more digits than training showed."""
+        """``reconstructions.png``: 8 val canvases of every count (top row) and their greedy reconstructions with the
+        boxes of the objects AIR inferred (bottom row), and the same for canvases with more digits than training
+        showed."""
         air = self.models["air"]
         air.eval()
         sets = [self.data.val] + [self.data.extrapolation[k] for k in sorted(self.data.extrapolation)]
         images, boxes = [], []
         for canvases in sets:
-            x = canvases.x[:8].float().to(next(air.parameters()).device) / 255.0
+            x = canvases.x[_showcase(canvases.counts, 8)].float().to(next(air.parameters()).device) / 255.0
             q = air(x, greedy=True)
             size = x.shape[-1]
             inferred = [[tuple(where_to_box(q["z_where"][i, j:j + 1], size)[0].tolist())
@@ -206,6 +207,14 @@ class AirTask(Task):
         air.train()
         save_image_grid(torch.cat(images).cpu(), os.path.join(directory, "reconstructions.png"), nrow=8, scale=3,
                         boxes=boxes)
+
+
+def _showcase(counts: torch.Tensor, n: int) -> torch.Tensor:
+    """Indices of ``n`` canvases taking every count in turn (0, 1, 2, 0, 1, ...), the first of each, so a picture
+    shows every count however the first canvases fell."""
+    by_count = [torch.nonzero(counts == k).flatten().tolist() for k in sorted(set(counts.tolist()))]
+    order = [ids[r] for r in range(len(counts)) for ids in by_count if r < len(ids)]
+    return torch.tensor(order[:n], dtype=torch.long)
 
 
 def validate_air(config: dict[str, Any]) -> None:
