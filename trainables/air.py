@@ -64,7 +64,8 @@ AIR_DEFAULTS: dict[str, Any] = {
     "val_canvases": 500, "test_canvases": 500,
     "max_steps": 3, "z_what_dim": 50, "lstm_size": 256, "hidden_size": 200, "glimpse_size": 20,
     "likelihood_std": 0.3, "scale_prior_std": 0.1, "shift_prior_std": 1.0,
-    "prior_start": 0.99, "prior_end": 1e-5, "anneal_begin": 0, "anneal_steps": 100_000,
+    "prior_start": 0.99, "prior_end": 1e-5, "anneal_begin": 0,
+    "anneal_steps": 3_000,  # about the default budget (20 x 157 steps); the paper: 100k iterations of a longer run
     "nvil_decay": 0.9,  # moving averages of the learning signal's mean and variance
 }
 
@@ -159,11 +160,13 @@ class AirTask(Task):
 
     @torch.no_grad()
     def score(self, canvases: Canvases, device: torch.device, chunk: int = 250) -> dict[str, float]:
-        """Count accuracy (greedy inference) and the mean one-sample ELBO (seeded, outside the training RNG)."""
+        """Count accuracy (greedy inference) and the mean one-sample ELBO (seeded, outside the training RNG) under
+        the final prior rho = prior_end, so ELBOs of different epochs and runs are comparable."""
         air = self.models["air"]
         air.eval()
         correct, elbo_sum = 0, 0.0
-        with torch.random.fork_rng(devices=[]):
+        # manual_seed seeds every device: fork the one we sample on too, so training's stream is left untouched
+        with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
             torch.manual_seed(0)
             for start in range(0, len(canvases), chunk):
                 x = canvases.x[start:start + chunk].to(device).float() / 255.0

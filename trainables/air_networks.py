@@ -1,4 +1,5 @@
-"""AIR's networks (Eslami et al. 2016, Sec. 2 and Appendix; sizes of the paper's multi-MNIST model): the recurrent
+"""AIR's networks (Eslami et al. 2016, Sec. 2; default sizes as in Pyro's reimplementation of the multi-MNIST model:
+an LSTM of 256, MLPs of 200, z_what of 50; the glimpse is 20x20 here, Pyro reads 28x28): the recurrent
 inference network q(z | x), the object decoder p(x | z) and the NVIL-style baseline. The ELBO and its gradient
 estimator live in :mod:`trainables.air`.
 
