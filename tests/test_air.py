@@ -14,6 +14,7 @@ from trainables import registry
 from trainables.air import AirTask, elbo_terms, prior_success
 from trainables.canvases import load_canvas_data, make_canvases, resize_digits
 from trainables.context import LocalContext
+from trainables.loop import fit
 from trainables.registry import ConfigError
 from trainables.spatial_transformer import box_to_where, glimpse, place, where_to_box
 
@@ -154,7 +155,9 @@ def test_the_prior_is_annealed_log_linearly() -> None:
 def test_air_learns_to_count_in_a_bounded_budget() -> None:
     """400 steps of the small AIR (about 50 s on a loaded 2-core CPU): the ELBO rises well above the untrained
     model's and greedy counting beats always guessing the most frequent count. Measured (seeds 0, 1, 2): ELBO
-    91.6 -> 120.6, 92.1 -> 122.2, 92.3 -> 121.1 nats; val count accuracy 0.705, 0.725, 0.70 (mode: 0.36)."""
+    91.6 -> 120.6, 92.1 -> 122.2, 92.3 -> 121.1 nats; val count accuracy 0.705, 0.725, 0.70 (mode: 0.36). In this
+    budget it tells empty canvases from digits and counts one digit right; two digits it still explains with one
+    large window (the slow test below learns that too)."""
     spec = registry.get("air")
     config = spec.resolve({**SMALL, "epochs": 4, "train_canvases": 3200, "lr": 1e-3, "anneal_steps": 300,
                            "prior_end": 1e-3})
@@ -171,6 +174,26 @@ def test_air_learns_to_count_in_a_bounded_budget() -> None:
     mode_share = float(torch.bincount(data.val.counts).max()) / len(data.val)
     assert last["val_count_accuracy"] > mode_share + 0.2, (mode_share, last)
     assert last["test_count_accuracy"] > mode_share + 0.1, (mode_share, last)
+
+
+@pytest.mark.slow  # 1,000 steps: about 90 s on a loaded 2-core CPU
+def test_air_learns_to_tell_two_digits_from_one_with_a_sharper_likelihood() -> None:
+    """The 400-step test's AIR explains two digits with one large window (likelihood sd 0.3 makes a second object
+    not worth its prior cost so early); with sd 0.2 and 1,000 steps (the air_prior sweep's setting) it counts two
+    digits as two. Measured (seeds 0, 1, 2; 300 val canvases): val count accuracy 0.863, 0.817, 0.877; two-digit
+    canvases counted as two: 72, 34, 70 of 89 (the 400-step model: 0 of 89)."""
+    config = registry.get("air").resolve({**SMALL, "epochs": 8, "train_canvases": 4000, "lr": 1e-3,
+                                          "anneal_steps": 500, "prior_end": 1e-2, "likelihood_std": 0.2,
+                                          "val_canvases": 300, "test_canvases": 300})
+    data = load_canvas_data(config)
+    task = AirTask(data, config)
+    ctx = LocalContext()
+    fit(ctx, config, task)
+    assert ctx.results[-1]["val_count_accuracy"] > 0.75, ctx.results[-1]
+    with torch.no_grad():
+        counted = task.models["air"](data.val.x.float() / 255.0, greedy=True)["z_pres"].sum(1).round().long()
+    two = data.val.counts == 2
+    assert (counted[two] == 2).float().mean() > 0.3, torch.bincount(counted[two], minlength=4)
 
 
 def test_a_resumed_run_continues_exactly(tmp_path: Path) -> None:
