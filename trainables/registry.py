@@ -53,6 +53,7 @@ TRAINABLE_MODULES: dict[str, str] = {
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
+    "air": "trainables.air",
 }
 # Tools (command-line helpers, protocols) -> the module whose registration provides them.
 TOOL_MODULES: dict[str, str] = {
