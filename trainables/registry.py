@@ -50,10 +50,10 @@ TRAINABLE_MODULES: dict[str, str] = {
     "gumbel_vae": "trainables.gumbel_vae",
     "dcgan": "trainables.dcgan",
     "gan": "trainables.gan",
+    "air": "trainables.air",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
-    "air": "trainables.air",
 }
 # Tools (command-line helpers, protocols) -> the module whose registration provides them.
 TOOL_MODULES: dict[str, str] = {
