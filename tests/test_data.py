@@ -496,3 +496,15 @@ def test_truncated_or_wrong_files_are_rejected_before_any_trial(tmp_path: Path) 
                                                              "y": np.array([[3], [11]])})
     with pytest.raises(DatasetError, match="test_32x32.mat.*1..10"):
         check_dataset("svhn", str(tmp_path / "svhn"))
+
+
+def test_subset_is_a_fixed_random_draw_with_every_class_not_the_sorted_head() -> None:
+    from trainables.data import load_dataset
+
+    test = load_dataset("mnist5k").test
+    assert test.y[:100].unique().tolist() == [0]  # why a head will not do: splits are stored sorted by class
+    a, b = test.subset(100), test.subset(100)
+    assert torch.equal(a.x, b.x) and torch.equal(a.y, b.y) and len(a) == 100
+    assert len(a.y.unique()) == 10
+    assert not torch.equal(test.subset(100, seed=1).y, a.y)
+    assert test.subset(0) is test and test.subset(len(test)) is test

@@ -147,6 +147,15 @@ class Split:
     def __len__(self) -> int:
         return len(self.y)
 
+    def subset(self, n: int, seed: int = 0) -> Split:
+        """``n`` images drawn at random with a fixed ``seed`` (the same in every trial and process), or the whole
+        split when n is 0 or not smaller. Never the first n: splits are stored sorted by class, so a head would
+        hold one or two digits."""
+        if n <= 0 or n >= len(self):
+            return self
+        index = torch.randperm(len(self), generator=torch.Generator().manual_seed(seed))[:n]
+        return Split(self.x[index], self.y[index])
+
 
 @dataclass(frozen=True)
 class DatasetBundle:

@@ -149,13 +149,6 @@ def reconstruction_mse(generator: nn.Module, images: Tensor, z_dim: int, steps: 
         generator.train(was_training)
 
 
-def held_out_indices(size: int, n: int) -> Tensor:
-    """The ``n`` images of a split the reconstruction measure scores: a random subset drawn with a fixed seed (0),
-    the same in every trial, so trials are compared on the same images (the splits are stored sorted by class,
-    so the first n would be one or two digits)."""
-    return torch.randperm(size, generator=torch.Generator().manual_seed(0))[:n]
-
-
 class DCGANTask(Task):
     """Generator and discriminator, one RMSProp each; a D step then a G step per batch (manual optimization)."""
 
@@ -221,7 +214,8 @@ class DCGANTask(Task):
         for name, split in (("val", self.data.val), ("test", self.data.test)):
             if len(split) == 0:
                 continue
-            images = split.x[held_out_indices(len(split), n)].to(ctx.device).float() / 255.0
+            # the same n images in every trial (Split.subset: a fixed random draw, all digits)
+            images = split.subset(n).x.to(ctx.device).float() / 255.0
             mse, recon = reconstruction_mse(generator, images, self.z_dim, int(self.config["recon_steps"]),
                                             float(self.config["recon_lr"]))
             metrics[f"{name}_recon_mse"] = float(mse.mean())

@@ -151,7 +151,7 @@ class GanTask(Task):
         self.grid_z = sample_noise(int(config["sample_grid"]), self.z_dim, fixed)
         self.eval_z = sample_noise(int(config["parzen_samples"]), self.z_dim, fixed)
         n = int(config["parzen_points"])
-        self.val_x, self.test_x = (pixels(split.x[:n]) for split in (data.val, data.test))
+        self.val_x, self.test_x = (pixels(split.subset(n).x) for split in (data.val, data.test))  # all digits
 
     def build_models(self) -> dict[str, nn.Module]:
         shape, c = self.data.input_shape, self.config

@@ -46,11 +46,10 @@ def rebuild(build: BuildModel, config: Mapping[str, Any], checkpoint_dir: str,
 
 
 def _eval_split(data: DatasetBundle, max_images: int) -> tuple[str, Split]:
-    """The test split (the val split for a dataset without one), its first ``max_images`` (0: all)."""
+    """The test split (the val split for a dataset without one), or ``max_images`` of it drawn with a fixed seed
+    (0: all)."""
     name, split = ("test", data.test) if len(data.test.y) > 0 else ("val", data.val)
-    if max_images > 0:
-        split = Split(split.x[:max_images], split.y[:max_images]) if len(split.y) > max_images else split
-    return name, split
+    return name, split.subset(max_images)
 
 
 def inspect_checkpoint(build: BuildModel, loss: Callable[[Mapping[str, Any]], LossFn] | None,
