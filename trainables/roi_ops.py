@@ -117,7 +117,9 @@ def roi_pool(features: Tensor, boxes: Tensor, output_size: tuple[int, int] | int
              spatial_scale: float = 1.0) -> Tensor:
     """Fast R-CNN RoIPool: box edges rounded to the feature grid (inclusive end, size >= 1), bin p covers cells
     floor(p b) .. ceil((p+1) b) - 1 (b = roi_size / h), clipped to the map; max over each bin, 0 for an empty bin.
-    The gradient goes to the max (on exact ties to the first column of the first-maximal row per column)."""
+    Two-stage max (over each bin's rows, then its columns) on gathered windows: memory K*h*L_h*C*W for the first
+    stage (L_h the longest bin). The gradient goes to the max; on exact ties to the leftmost maximal column, topmost
+    row in it (torchvision: the first in row-major order; the value is the same)."""
     h, w = _check(features, boxes, output_size)
     N, C, H, W = features.shape
     K = boxes.shape[0]
