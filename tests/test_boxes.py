@@ -148,3 +148,10 @@ def test_nms_matches_brute_force() -> None:
         if all(box_iou(boxes[i:i + 1], boxes[j:j + 1]).item() <= 0.4 for j in expected):
             expected.append(i)
     assert keep == expected
+
+
+def test_empty_inputs() -> None:
+    empty = torch.zeros(0, 4)
+    assert nms(empty, torch.zeros(0), 0.5).numel() == 0
+    assert batched_nms(empty, torch.zeros(0), torch.zeros(0, dtype=torch.long), 0.5).numel() == 0
+    assert box_iou(empty, _t([[0, 0, 1, 1]]).float()).shape == (0, 1)
