@@ -9,6 +9,7 @@ augmentation is vectorised over the batch for the same reason. The index order s
 from __future__ import annotations
 
 from collections.abc import Iterator, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -122,3 +123,10 @@ class BatchLoader:
             idx = torch.as_tensor(batch, dtype=torch.long).to(self.device, non_blocking=True)
             x = torch.addcmul(self._shift, self._x[idx].float(), self._scale)
             yield augment_batch(x, self.augment, generator), self._y[idx]
+
+
+def pixel_loader(split: Split, **options: Any) -> BatchLoader:
+    """A shuffled :class:`BatchLoader` of ``split``'s images as pixel / 255 in [0, 1], not standardised: generative
+    models (GANs, VAEs) model the pixels themselves. ``options`` are BatchLoader's (batch_size, seed, rank, ...)."""
+    channels = split.x.shape[1]
+    return BatchLoader(split, mean=(0.0,) * channels, std=(1.0,) * channels, shuffle=True, **options)

@@ -33,13 +33,13 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.batching import BatchLoader
+from trainables.batching import BatchLoader, pixel_loader
 from trainables.context import Context, unwrap
 from trainables.data import DatasetBundle, known_input_shape
 from trainables.gan_normalization import TPReLU, WNConv2d, WNConvTranspose2d, WNLinear
 from trainables.image_grid import save_image_grid
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, fit, load_data, validate_loop_config
-from trainables.optim import build_optimizer
+from trainables.optim import build_optimizers_per_model
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.task import Task
 
@@ -171,14 +171,13 @@ class DCGANTask(Task):
 
     def build_optimizers(self, models: Mapping[str, nn.Module],
                          config: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
-        return {name: build_optimizer(model.parameters(), config) for name, model in models.items()}
+        return build_optimizers_per_model(models, config)
 
     def train_batches(self, ctx: Context, epoch: int) -> Iterable[Any]:
-        if self.loader is None:  # images in [0, 1]: (x / 255 - 0) / 1
-            self.loader = BatchLoader(self.data.train, batch_size=int(self.config["batch_size"]), mean=(0.0,) *
-                                      self.data.input_shape[0], std=(1.0,) * self.data.input_shape[0],
-                                      shuffle=True, seed=int(self.config["seed"]), rank=ctx.rank,
-                                      world_size=ctx.world_size, drop_last=True, device=ctx.device)
+        if self.loader is None:  # images in [0, 1]
+            self.loader = pixel_loader(self.data.train, batch_size=int(self.config["batch_size"]),
+                                       seed=int(self.config["seed"]), rank=ctx.rank, world_size=ctx.world_size,
+                                       drop_last=True, device=ctx.device)
         self.loader.set_epoch(epoch)
         return (x for x, _ in self.loader)
 

@@ -38,12 +38,12 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.batching import BatchLoader
+from trainables.batching import BatchLoader, pixel_loader
 from trainables.context import Context, unwrap
 from trainables.data import DatasetBundle
 from trainables.image_grid import save_image_grid
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, fit, load_data, validate_loop_config
-from trainables.optim import build_optimizer
+from trainables.optim import build_optimizers_per_model
 from trainables.parzen import PAPER_SIGMAS, parzen_evaluate
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.task import Task
@@ -161,7 +161,7 @@ class GanTask(Task):
 
     def build_optimizers(self, models: Mapping[str, nn.Module],
                          config: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
-        return {name: build_optimizer(model.parameters(), config) for name, model in models.items()}
+        return build_optimizers_per_model(models, config)
 
     def initialize(self, models: Mapping[str, nn.Module], ctx: Context) -> None:
         """G's output biases start at the data's pixel marginals, b = logit(mean_n x_n) (the released code's
@@ -178,11 +178,9 @@ class GanTask(Task):
             last.bias.copy_(torch.logit(mean))  # sigmoid(b) = mean pixel
 
     def train_batches(self, ctx: Context, epoch: int) -> Iterable[Any]:
-        if self._train is None:  # pixels in [0, 1]: mean 0, std 1 undoes BatchLoader's standardisation
-            channels = self.data.input_shape[0]
-            self._train = BatchLoader(self.data.train, batch_size=self.m, mean=[0.0] * channels, std=[1.0] * channels,
-                                      shuffle=True, seed=int(self.config["seed"]), rank=ctx.rank,
-                                      world_size=ctx.world_size, drop_last=True, device=ctx.device)
+        if self._train is None:  # pixels in [0, 1]
+            self._train = pixel_loader(self.data.train, batch_size=self.m, seed=int(self.config["seed"]),
+                                       rank=ctx.rank, world_size=ctx.world_size, drop_last=True, device=ctx.device)
         self._train.set_epoch(epoch)
         return _groups((x for x, _ in self._train), self.k)
 

@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from trainables.batching import BatchLoader
+from trainables.batching import BatchLoader, pixel_loader
 from trainables.context import Context, unwrap
 from trainables.data import DatasetBundle, Split
 from trainables.image_grid import save_image_grid
@@ -160,10 +160,10 @@ class GumbelVaeTask(Task):
         return models
 
     def train_batches(self, ctx: Context, epoch: int) -> Iterable[Any]:
-        if self._train is None:  # mean 0, std 1: batches of pixel / 255 in [0, 1]
-            self._train = BatchLoader(self.data.train, batch_size=int(self.config["batch_size"]), mean=(0.0,),
-                                      std=(1.0,), shuffle=True, seed=int(self.config["seed"]), rank=ctx.rank,
-                                      world_size=ctx.world_size, device=ctx.device)
+        if self._train is None:  # batches of pixel / 255 in [0, 1]
+            self._train = pixel_loader(self.data.train, batch_size=int(self.config["batch_size"]),
+                                       seed=int(self.config["seed"]), rank=ctx.rank, world_size=ctx.world_size,
+                                       device=ctx.device)
         self._train.set_epoch(epoch)
         return self._train
 

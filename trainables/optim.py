@@ -95,6 +95,13 @@ def build_optimizer(params: Iterable[torch.nn.Parameter], config: Mapping[str, A
     raise ConfigError(f"{prefix}optimizer={kind!r} is not one of {', '.join(OPTIMIZERS)}")
 
 
+def build_optimizers_per_model(models: Mapping[str, torch.nn.Module],
+                               config: Mapping[str, Any]) -> dict[str, torch.optim.Optimizer]:
+    """One optimizer from the shared config keys for each named model (a GAN's generator and discriminator, which
+    must not share an optimizer's state), named after the model."""
+    return {name: build_optimizer(model.parameters(), config) for name, model in models.items()}
+
+
 def build_schedule(optimizer: torch.optim.Optimizer, config: Mapping[str, Any], epochs: int,
                    prefix: str = "") -> torch.optim.lr_scheduler.LRScheduler:
     """The per-epoch schedule ``config`` names over ``epochs`` epochs."""
