@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import math
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -101,10 +102,11 @@ def match_anchors(anchors: Tensor, gt_boxes: Tensor, pos_thresh: float = 0.7, ne
     and matched to that gt, even under pos_thresh -- "the anchor/anchors with the highest IoU with a gt box"."""
     num = anchors.shape[0]
     if gt_boxes.numel() == 0:
-        return torch.zeros(num, dtype=torch.long), torch.zeros(num, dtype=torch.long)
+        zeros = torch.zeros(num, dtype=torch.long, device=anchors.device)
+        return zeros, zeros.clone()
     iou = box_iou(gt_boxes, anchors)  # (G, A)
     best_iou, matched = iou.max(dim=0)  # each anchor's best gt
-    labels = torch.full((num,), -1, dtype=torch.long)
+    labels = torch.full((num,), -1, dtype=torch.long, device=anchors.device)
     labels[best_iou < neg_thresh] = 0
     labels[best_iou >= pos_thresh] = 1
     if allow_low_quality:
@@ -124,8 +126,9 @@ def sample_balanced(labels: Tensor, batch_size: int, positive_fraction: float = 
     neg = (labels == 0).nonzero(as_tuple=True)[0]
     num_pos = min(pos.numel(), int(batch_size * positive_fraction))
     num_neg = min(neg.numel(), batch_size - num_pos)  # pad with negatives when positives are few
-    pos = pos[torch.randperm(pos.numel(), generator=generator)[:num_pos]]
-    neg = neg[torch.randperm(neg.numel(), generator=generator)[:num_neg]]
+    # randperm draws on the generator's device (CPU by default); the indices then follow labels to theirs
+    pos = pos[torch.randperm(pos.numel(), generator=generator)[:num_pos].to(labels.device)]
+    neg = neg[torch.randperm(neg.numel(), generator=generator)[:num_neg].to(labels.device)]
     return pos, neg
 
 
@@ -133,20 +136,21 @@ def nms(boxes: Tensor, scores: Tensor, iou_thresh: float) -> Tensor:
     """Greedy non-maximum suppression: indices of kept boxes, by decreasing score. A box is dropped when its IoU
     with an already kept, higher-scoring box is > iou_thresh (torchvision's rule). IoU is computed once, vectorised."""
     order = torch.argsort(scores, descending=True, stable=True)
-    iou = box_iou(boxes[order], boxes[order])
-    suppressed = torch.zeros(order.numel(), dtype=torch.bool)
+    # the greedy pass is sequential: run it over a host boolean matrix (one transfer, no per-box device sync)
+    overlaps = (box_iou(boxes[order], boxes[order]) > iou_thresh).cpu().numpy()
+    suppressed = np.zeros(order.numel(), dtype=bool)
     keep = []
     for i in range(order.numel()):
         if suppressed[i]:
             continue
         keep.append(i)
-        suppressed |= iou[i] > iou_thresh  # everything this kept box overlaps too much (itself included: IoU 1)
-    return order[torch.as_tensor(keep, dtype=torch.long)]
+        suppressed |= overlaps[i]  # everything this kept box overlaps too much (itself included: IoU 1)
+    return order[torch.as_tensor(keep, dtype=torch.long, device=boxes.device)]
 
 
 def batched_nms(boxes: Tensor, scores: Tensor, labels: Tensor, iou_thresh: float) -> Tensor:
     """NMS within each label separately: boxes of different labels are shifted apart so they never overlap."""
     if boxes.numel() == 0:
-        return torch.zeros(0, dtype=torch.long)
+        return torch.zeros(0, dtype=torch.long, device=boxes.device)
     offset = labels.to(boxes.dtype)[:, None] * (boxes.max() - boxes.min() + 1)  # disjoint per-label copies
     return nms(boxes + offset, scores, iou_thresh)
