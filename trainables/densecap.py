@@ -17,7 +17,8 @@ The paper's ablation, ``region_features``: "bilinear" (the bilinear sampler: RoI
 cell) or "roipool" (Fast R-CNN's RoIPool: box edges and bins rounded to the feature grid, max in each bin).
 
 Evaluation (:mod:`trainables.captions`): the dense-captioning mAP over IoU x caption-similarity thresholds, with
-greedy (``{split}_dense_map``) and beam-search captions (``_beam``), the detection-only mAP, and captions of the
+greedy (``{split}_dense_map``) and beam-search captions (``_beam``), at stricter similarity thresholds
+(``_strict``, see STRICT_SIMILARITY_THRESHOLDS), the detection-only mAP, and captions of the
 ground-truth boxes (exact-match accuracy, similarity; on scenes also each attribute of an object caption).
 """
 
@@ -41,11 +42,17 @@ from trainables.optim import OPTIM_DEFAULTS, validate_optim_config
 from trainables.registry import ConfigError, check_choice, check_range, register
 from trainables.task import Task
 
+# The paper's METEOR thresholds (0 .. 0.25) suit METEOR on free text, where even a human caption scores about 0.3;
+# on captions of one small grammar, sharing "a" already scores 0.125. So we also report the mAP over thresholds at
+# which a caption must be mostly right: one wrong word of four ("a small red square" for "a small blue square")
+# scores 0.64, two wrong words 0.25.
+STRICT_SIMILARITY_THRESHOLDS = (0.5, 0.6, 0.7, 0.8, 0.9)
 SPLITS = ("val", "test")
 ATTRIBUTES = ("size", "colour", "shape")  # words 2, 3, 4 of an object caption "a small red square"
 DENSECAP_METRICS: dict[str, str] = {
     **{f"{s}_{m}": "max" for s in SPLITS for m in (
-        "dense_map", "dense_map_beam", "det_map", "caption_accuracy", "caption_accuracy_beam", "caption_similarity",
+        "dense_map", "dense_map_beam", "dense_map_strict", "det_map", "caption_accuracy", "caption_accuracy_beam",
+        "caption_similarity",
         *(f"{a}_accuracy" for a in ATTRIBUTES))},
     "train_loss": "min", "train_caption_loss": "min"}
 
@@ -158,7 +165,9 @@ class DenseCapTask(Task):
                              for i in range(min(8, len(split)))]
         dense, dense_beam = dense_captioning_map(greedy, targets), dense_captioning_map(beam, targets)
         pairs = on_gt["greedy"]
+        strict = dense_captioning_map(greedy, targets, similarity_thresholds=STRICT_SIMILARITY_THRESHOLDS)
         out = {"dense_map": dense["map"], "dense_map_beam": dense_beam["map"], "det_map": dense["det_map"],
+               "dense_map_strict": strict["map"],
                "caption_accuracy": _mean([p == t for p, t in pairs]),
                "caption_accuracy_beam": _mean([p == t for p, t in on_gt["beam"]]),
                "caption_similarity": _mean([meteor_lite(p, t) for p, t in pairs])}

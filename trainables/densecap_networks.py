@@ -105,7 +105,9 @@ class RegionBatch(NamedTuple):
     rpn_losses: dict[str, Tensor]  # the localization layer's {"rpn_objectness", "rpn_box"}
     confidence: Tensor  # (R,) final confidence logits of the sampled regions
     positive: Tensor  # (R,) bool
-    deltas: Tensor  # (P,) x 4 final box deltas of the positive regions
+    regions: Tensor  # (P, 4) the positive regions' boxes, image by image in sampling order
+    image_of: Tensor  # (P,) the image each positive region belongs to
+    deltas: Tensor  # (P, 4) final box deltas of the positive regions
     target_deltas: Tensor  # (P, 4) encode_boxes(matched gt box, region)
     word_logits: Tensor  # (P, T, V) the language model's logits of w_1 .. w_T, <end>
     words: Tensor  # (P, T) the matched gt captions' word ids (<pad> after <end>)
@@ -157,10 +159,12 @@ class DenseCapModel(nn.Module):
         matched_boxes = torch.cat([gt[s.matched[s.positive]] for gt, s in zip(gt_boxes, samples, strict=True)])
         words = torch.cat([w[s.matched[s.positive]] for w, s in zip(gt_words, samples, strict=True)])
         regions = torch.cat([s.boxes[s.positive] for s in samples])
+        image_of = torch.cat([torch.full((int(s.positive.sum()),), i) for i, s in enumerate(samples)])
         targets = encode_boxes(matched_boxes, regions, BOX_WEIGHTS)
         inputs = torch.cat([torch.full_like(words[:, :1], Vocabulary.START), words[:, :-1]], 1)
         word_logits = self.lm(code[positive], inputs)
-        return RegionBatch(out.losses, confidence, positive, deltas[positive], targets, word_logits, words)
+        return RegionBatch(out.losses, confidence, positive, regions, image_of, deltas[positive], targets,
+                           word_logits, words)
 
     @torch.no_grad()
     def detect(self, images: Tensor) -> Detections:
