@@ -251,8 +251,12 @@ def test_each_sampled_region_keeps_the_caption_and_box_of_its_best_ground_truth(
 
 
 def test_densecap_learns_to_localize_and_caption_in_a_bounded_budget(tmp_path: Path) -> None:
-    """60 steps of 16 scenes (about 40 s on one loaded core): the regions are found and the captions' words
-    learned. Measured (seeds 0, 1, 2): FILL."""
+    """60 steps of 16 scenes (about 45 s on a loaded 2-core CPU): regions are found and captions start to fit.
+    Measured (seeds 0, 1, 2; untrained -> trained): val det mAP 0.004 -> 0.312, 0.003 -> 0.265, 0.020 -> 0.290;
+    val dense mAP 0.003 -> 0.258, 0.000 -> 0.225, 0.000 -> 0.233; caption similarity on the ground-truth boxes
+    0.169 -> 0.293, 0.008 -> 0.293, 0.000 -> 0.303; training caption loss 1.01 (log V = 3.09). At this budget every
+    region still gets much the same caption (size accuracy 0.48, colour 0.08-0.11); the sweep in
+    docs/RESULTS.md (300 steps) goes further."""
     config = registry.get("densecap").resolve(SMALL)
     task = DenseCapTask(config)
     torch.manual_seed(config["seed"])
@@ -263,9 +267,9 @@ def test_densecap_learns_to_localize_and_caption_in_a_bounded_budget(tmp_path: P
     first, last = ctx.results
     assert last["step"] == 60
     assert last["train_caption_loss"] < 0.6 * math.log(len(task.vocab)), last
-    assert last["val_det_map"] > before["det_map"] + 0.1, (before, last)
-    assert last["val_dense_map"] > before["dense_map"] + 0.1, (before, last)
-    assert last["val_caption_similarity"] > before["caption_similarity"] + 0.1, (before, last)
+    assert last["val_det_map"] > before["det_map"] + 0.15, (before, last)
+    assert last["val_dense_map"] > before["dense_map"] + 0.15, (before, last)
+    assert last["val_caption_similarity"] > 0.25 > before["caption_similarity"], (before, last)
     task.write_artifacts(str(tmp_path))
     assert (tmp_path / "val_predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| score |" in (tmp_path / "val_captions.md").read_text()
