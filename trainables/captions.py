@@ -12,7 +12,8 @@ m is the number of aligned unigrams (each reference word used once); a chunk is 
 same order in both captions. METEOR picks the alignment with the fewest crossings; we align greedily left to right,
 preferring the reference position that continues the current chunk (equal on captions without repeated words).
 
-Dense-captioning mAP (as in densecap's eval_utils.lua, as we read it): per image, ground-truth boxes that overlap
+Dense-captioning mAP (the paper's sec. 4.1 metric, with the rules of densecap's eval_utils.lua as we recall them;
+not checked line by line against that code here): per image, ground-truth boxes that overlap
 with IoU >= 0.7 are merged into one box (their mean) holding all their captions as references (greedily, the box
 with the most such neighbours first). Predictions are taken by decreasing score; each is matched to the merged box of
 highest IoU; if that box is already taken (or IoU = 0) the prediction is a false positive, else it takes the box and

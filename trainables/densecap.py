@@ -4,9 +4,12 @@ Captioning", arXiv:1511.07571): find the regions of an image and caption each, t
 The model (:class:`trainables.densecap_networks.DenseCapModel`): CNN -> localization layer (anchors scored and
 regressed, sec. 3.1.2; proposals after NMS; B regions per image sampled, up to half positive: IoU >= 0.7 with a
 ground-truth region, negative < 0.3; their features interpolated to a fixed X x Y grid) -> recognition network
-(region code, final confidence, final box) -> LSTM language model conditioned on the region code.
+(region code, final confidence, final box) -> LSTM language model conditioned on the region code. Deviation: the
+regions are sampled from the proposals plus the ground-truth boxes (Faster R-CNN's second stage,
+:func:`trainables.rpn.sample_rois`), not from the transformed anchors themselves as in the paper.
 
-The loss, sec. 3.4: five terms, the paper's weights 0.1 for the four detection terms and 1.0 for the captions:
+The loss, sec. 3.4: five terms; weights 0.1 for the four detection terms and 1.0 for the captions (our reading of
+the paper; both are config keys):
 
     L = w_det (L_obj^loc + L_box^loc + L_obj^rec + L_box^rec) + w_cap L_cap
     L_obj = 1/R sum_r BCE(s_r, [r positive])                  binary logistic confidence (both layers)
