@@ -52,6 +52,7 @@ TRAINABLE_MODULES: dict[str, str] = {
     "gan": "trainables.gan",
     "air": "trainables.air",
     "mask_rcnn": "trainables.mask_rcnn",
+    "densecap": "trainables.densecap",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
