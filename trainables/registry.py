@@ -51,6 +51,7 @@ TRAINABLE_MODULES: dict[str, str] = {
     "dcgan": "trainables.dcgan",
     "gan": "trainables.gan",
     "air": "trainables.air",
+    "nerfies": "trainables.nerfies",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
