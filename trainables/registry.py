@@ -53,6 +53,7 @@ TRAINABLE_MODULES: dict[str, str] = {
     "air": "trainables.air",
     "mask_rcnn": "trainables.mask_rcnn",
     "densecap": "trainables.densecap",
+    "nerfies": "trainables.nerfies",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
     "bc": "trainables.rl.bc",
