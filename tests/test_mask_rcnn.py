@@ -28,7 +28,7 @@ from trainables.mask_rcnn import (
     mask_targets,
     roi_labels,
 )
-from trainables.mask_rcnn_networks import BOX_WEIGHTS, fpn_levels, paste_masks
+from trainables.mask_rcnn_networks import BOX_WEIGHTS, ResNetFPN, fpn_levels, paste_masks
 from trainables.registry import ConfigError
 from trainables.rpn import RoiSample
 
@@ -104,6 +104,16 @@ def test_pasted_masks_fill_their_boxes_and_fpn_levels_follow_box_size() -> None:
     sides = torch.tensor([8.0, 23.0, 24.0, 47.0, 48.0, 200.0])
     level = fpn_levels(torch.stack([torch.zeros(6), torch.zeros(6), sides, sides], 1), 3, 24.0, 1)
     assert level.tolist() == [0, 0, 1, 1, 2, 2]  # floor(1 + log2(side / 24)), clamped to the 3 levels
+
+
+def test_the_resnet50_fpn_option_gives_four_levels_at_strides_4_to_32() -> None:
+    backbone = ResNetFPN("resnet50", fpn_channels=16)
+    assert backbone.strides == (4, 8, 16, 32)
+    # torchvision's resnet50 has 25,557,032 parameters: less its fc (2,049,000) and stem (9,536), its four stages
+    assert sum(p.numel() for p in backbone.stages.parameters()) == 23_498_496
+    with torch.no_grad():
+        levels = backbone.eval()(torch.zeros(1, 3, 64, 96))
+    assert [tuple(p.shape) for p in levels] == [(1, 16, 16, 24), (1, 16, 8, 12), (1, 16, 4, 6), (1, 16, 2, 3)]
 
 
 def test_a_training_pass_has_every_loss_and_detection_has_the_documented_shapes() -> None:
