@@ -215,12 +215,5 @@ def load_detection_data(config: dict[str, Any]) -> DetectionData:
                          scene_instances(config["test_scenes"], base + 3, *args, "test"), CLASSES)
 
 
-def num_classes(config: dict[str, Any]) -> int:
-    """Object classes (without background) the heads need; COCO's from its train annotations' categories."""
-    if config["dataset"] == "coco":
-        return len(read_annotations(config["data_dir"], "train")["categories"])
-    return len(CLASSES)
-
-
 __all__ = ["DATASETS", "DetectionData", "DetectionDataError", "Instances", "check_coco_folder",
-           "decode_compressed_rle", "decode_segmentation", "load_detection_data", "num_classes", "scene_instances"]
+           "decode_compressed_rle", "decode_segmentation", "load_detection_data", "scene_instances"]

@@ -66,7 +66,8 @@ MASK_RCNN_DEFAULTS: dict[str, Any] = {
     "image_size": 64, "max_objects": 4, "digit_prob": 0.0,  # generated scenes (trainables.scenes)
     "train_scenes": 400, "val_scenes": 100, "test_scenes": 200,
     "val_images": 500, "max_images": 0,  # COCO: train images held out for val; cap per split (0: all)
-    "backbone": "small", "width": 32, "fpn_channels": 64, "box_hidden": 256, "mask_width": 64,
+    "backbone": "small", "width": 32,  # width: the small backbone's first stage (ResNet-50's is 64)
+    "fpn_channels": 64, "box_hidden": 256, "mask_width": 64,
     "anchor_scale": 3.0,  # anchor side = anchor_scale x the level's stride (FPN at COCO scale: 8)
     "roi_canonical_size": 24.0, "roi_canonical_level": 1,  # FPN eq. 1's 224 and k0 (as a level index)
     "sampling_ratio": 2,  # RoIAlign's samples per bin side (the paper: 4 points a bin, 2 x 2)
