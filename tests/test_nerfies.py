@@ -163,8 +163,8 @@ def test_nerfies_is_registered_with_its_metrics() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ learns
-SMALL = {"frames": 6, "image_size": 16, "epochs": 2, "steps_per_epoch": 75, "batch_size": 256, "num_coarse": 24,
-         "num_fine": 16, "warp_anneal_steps": 100, "lr": 3e-3}
+SMALL = {"frames": 6, "image_size": 16, "epochs": 2, "steps_per_epoch": 75, "batch_size": 128, "num_coarse": 16,
+         "num_fine": 16, "warp_anneal_steps": 100, "lr": 3e-3, "elastic_rays": 32, "eval_chunk": 8192}
 
 
 def test_nerfies_learns_held_out_views_in_a_bounded_budget(tmp_path: Path) -> None:
@@ -180,7 +180,7 @@ def test_nerfies_learns_held_out_views_in_a_bounded_budget(tmp_path: Path) -> No
 
     fit(ctx, config, task)
     last = ctx.results[-1]
-    assert last["step"] == 150 and last["train_warp_alpha"] == pytest.approx(config["warp_freqs"])
+    assert last["step"] == 150 and task.alpha(task.step) == config["warp_freqs"]  # the window is fully open
     assert last["val_psnr"] > before["val_psnr"] + 3.0, (before, last)
     assert last["test_psnr"] > before["test_psnr"] + 3.0, (before, last)
     assert last["val_ssim"] > before["val_ssim"], (before, last)

@@ -14,7 +14,9 @@ deformation code and gamma_alpha the positional encoding with the coarse-to-fine
     Translation warp (the paper's ablation): x' = x + v.
 
 The last layer of the warp starts near zero (U(-1e-4, 1e-4), as in the Nerfies code), so every frame starts as the
-identity warp and the template is first fitted as a plain NeRF; codes start small for the same reason.
+identity warp and the template is first fitted as a plain NeRF. Codes start N(0, s^2) with s = 1/sqrt(code_dim) by
+default (the spread of flax's nn.Embed, which the Nerfies code uses): codes that start nearly equal (s = 0.01)
+give the warp almost nothing to tell frames apart by until they have grown.
 """
 
 from __future__ import annotations
@@ -79,7 +81,7 @@ class DeformationField(nn.Module):
     """T(x, omega_i): warps observation-frame points into the template (canonical) frame."""
 
     def __init__(self, num_frames: int, warp: str, code_dim: int = 8, num_freqs: int = 6, width: int = 64,
-                 depth: int = 4, code_init_std: float = 0.01) -> None:
+                 depth: int = 4, code_init_std: float = 0.35) -> None:
         super().__init__()
         if warp not in ("translation", "se3"):
             raise ValueError(f"warp must be 'translation' or 'se3', got {warp!r}")
@@ -101,17 +103,19 @@ class DeformationField(nn.Module):
 
 
 class NerfMLP(nn.Module):
-    """The template NeRF: gamma(x) -> density, (features, gamma(d)) -> colour (NeRF Fig. 7, smaller).
+    """The template NeRF: gamma(x) -> density, (features, gamma(d)) -> colour (NeRF Fig. 7, smaller); with
+    ``dir_freqs=None`` colour ignores the view direction (a Lambertian scene).
 
     Density is softplus(raw - 1) (as in mip-NeRF): never a dead ReLU, so a ray that renders black early still gets
     a gradient. Colour is a widened sigmoid, (1 + 2 eps) sigmoid - eps, so the black background (0) and saturated
     colours are reachable without infinite logits; its bias starts dark (the scene is mostly black background)."""
 
-    def __init__(self, pos_freqs: int = 8, dir_freqs: int = 0, width: int = 128, depth: int = 6, skip: int = 3,
-                 rgb_bias: float = -2.0, sigmoid_eps: float = 1e-3) -> None:
+    def __init__(self, pos_freqs: int = 8, dir_freqs: int | None = 0, width: int = 128, depth: int = 6,
+                 skip: int = 3, rgb_bias: float = -2.0, sigmoid_eps: float = 1e-3) -> None:
         super().__init__()
         self.pos_freqs, self.dir_freqs, self.skip, self.eps = pos_freqs, dir_freqs, skip, sigmoid_eps
-        pos_dim, dir_dim = 3 * (1 + 2 * pos_freqs), 3 * (1 + 2 * dir_freqs)
+        pos_dim = 3 * (1 + 2 * pos_freqs)
+        dir_dim = 0 if dir_freqs is None else 3 * (1 + 2 * dir_freqs)  # None: Lambertian, no view direction
         self.layers = nn.ModuleList(
             nn.Linear(pos_dim if i == 0 else width + (pos_dim if i == skip else 0), width) for i in range(depth))
         self.sigma = nn.Linear(width, 1)
@@ -126,8 +130,11 @@ class NerfMLP(nn.Module):
         for i, layer in enumerate(self.layers):
             h = torch.relu(layer(torch.cat([h, enc], -1) if i == self.skip else h))  # NeRF's skip connection
         sigma = nn.functional.softplus(self.sigma(h)[..., 0] - 1.0)
-        d_enc = positional_encoding(d, self.dir_freqs)[:, None, :].expand(*x.shape[:-1], -1)
-        logits = self.rgb(torch.cat([self.feature(h), d_enc], -1))
+        feature = self.feature(h)
+        if self.dir_freqs is not None:
+            d_enc = positional_encoding(d, self.dir_freqs)[:, None, :].expand(*x.shape[:-1], -1)
+            feature = torch.cat([feature, d_enc], -1)
+        logits = self.rgb(feature)
         rgb = (1 + 2 * self.eps) * torch.sigmoid(logits) - self.eps  # the widened sigmoid
         return sigma, rgb
 
@@ -135,7 +142,7 @@ class NerfMLP(nn.Module):
 class Nerfies(nn.Module):
     """Coarse and fine template NeRFs sharing one deformation field (or none: a plain NeRF)."""
 
-    def __init__(self, num_frames: int, warp: str, pos_freqs: int, dir_freqs: int, width: int, depth: int,
+    def __init__(self, num_frames: int, warp: str, pos_freqs: int, dir_freqs: int | None, width: int, depth: int,
                  warp_freqs: int, warp_width: int, warp_depth: int, code_dim: int, code_init_std: float) -> None:
         super().__init__()
         if warp not in WARPS:
