@@ -163,13 +163,17 @@ def test_nerfies_is_registered_with_its_metrics() -> None:
 
 
 # ------------------------------------------------------------------------------------------------------ learns
-SMALL = {"frames": 6, "image_size": 16, "epochs": 2, "steps_per_epoch": 75, "batch_size": 128, "num_coarse": 16,
-         "num_fine": 16, "warp_anneal_steps": 100, "lr": 3e-3, "elastic_rays": 32, "eval_chunk": 8192}
+SMALL = {"frames": 12, "image_size": 16, "epochs": 2, "steps_per_epoch": 125, "batch_size": 128, "num_coarse": 16,
+         "num_fine": 16, "warp_anneal_steps": 100, "lr": 5e-3, "lr_schedule": "constant", "elastic_rays": 32,
+         "eval_chunk": 8192}
 
 
 def test_nerfies_learns_held_out_views_in_a_bounded_budget(tmp_path: Path) -> None:
-    """150 steps of a small SE(3) Nerfies on 6 frames of 16x16 (about 30 s on a loaded 2-core CPU): held-out PSNR
-    rises clearly above the untrained model's, and the artifacts are written."""
+    """250 steps of a small SE(3) Nerfies on 12 frames of 16x16 (69 s measured at load 15 on the 2-core machine):
+    held-out PSNR rises clearly above the untrained model's, and the artifacts are written. Measured (seed 0, same
+    setting): val PSNR 17.7 -> 23.1, test 17.9 -> 23.3. The first ~150 steps sit on a plateau near the untrained
+    PSNR (the dark background is fitted first), so a shorter budget does not test learning. With 6 frames the
+    held-out PSNR fell while the training PSNR rose (too few views to pin the geometry)."""
     spec = registry.get("nerfies")
     config = spec.resolve(SMALL)
     ctx = LocalContext()
@@ -180,7 +184,7 @@ def test_nerfies_learns_held_out_views_in_a_bounded_budget(tmp_path: Path) -> No
 
     fit(ctx, config, task)
     last = ctx.results[-1]
-    assert last["step"] == 150 and task.alpha(task.step) == config["warp_freqs"]  # the window is fully open
+    assert last["step"] == 250 and task.alpha(task.step) == config["warp_freqs"]  # the window is fully open
     assert last["val_psnr"] > before["val_psnr"] + 3.0, (before, last)
     assert last["test_psnr"] > before["test_psnr"] + 3.0, (before, last)
     assert last["val_ssim"] > before["val_ssim"], (before, last)
