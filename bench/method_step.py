@@ -102,8 +102,8 @@ def main() -> None:
     for arm in arms:
         step = _common.median(times[arm.label])
         table.add(arm.label, batch[arm.label], 1000 * step, step / base)
-    table.notes.append("batch: the trainable's default batch_size (scenes per step for the detectors; Nerfies: "
-                       "rays per step are its own key); ResNet-20 on MNIST-5k 1x28x28")
+    table.notes.append("batch: the trainable's default batch_size: MNIST-5k 1x28x28 images for ResNet-20, 64-px "
+                       "scenes for the detectors, rays (of 32x32 views) for Nerfies")
     table.notes.append(f"{args.repeats} interleaved runs of 2 rounds x {args.steps} steps (the first round is "
                        f"warm-up), {wall[0]:.0f} s; foreign load {foreign.value:.2f} cores; load1 before "
                        f"{load_before:.2f}; {_common.environment(str(args.threads))}")
