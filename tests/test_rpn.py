@@ -63,8 +63,9 @@ def test_loss_on_a_perfect_regression_is_pure_objectness() -> None:
     deltas = torch.zeros(1, len(anchors), 4)
     deltas[0, best] = encode_boxes(gt, anchors[best:best + 1])[0]  # exact regression of the positive anchor
     losses = rpn.loss(logits, deltas, anchors, [gt])
-    assert float(losses["rpn_box"]) == pytest.approx(0.0, abs=1e-6)
-    assert float(losses["rpn_objectness"]) == pytest.approx(torch.log(torch.tensor(2.0)).item(), rel=1e-4)  # o = 0
+    assert float(losses["rpn_box"].detach()) == pytest.approx(0.0, abs=1e-6)
+    log_two = torch.log(torch.tensor(2.0)).item()  # BCE at logit o = 0
+    assert float(losses["rpn_objectness"].detach()) == pytest.approx(log_two, rel=1e-4)
     deltas[0, best, 0] += 1.0  # 1 pixel-unit off in tx: smooth L1 = 1 - beta/2, over the 8 sampled anchors
     worse = rpn.loss(logits, deltas, anchors, [gt])
     assert float(worse["rpn_box"]) == pytest.approx((1.0 - 0.5 / 9) / 8, rel=1e-5)

@@ -51,6 +51,8 @@ TRAINABLE_MODULES: dict[str, str] = {
     "dcgan": "trainables.dcgan",
     "gan": "trainables.gan",
     "air": "trainables.air",
+    "mask_rcnn": "trainables.mask_rcnn",
+    "densecap": "trainables.densecap",
     "nerfies": "trainables.nerfies",
     "dqn": "trainables.rl.dqn",
     "crr": "trainables.rl.crr",
