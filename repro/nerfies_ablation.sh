@@ -6,6 +6,7 @@
 # 24 + 24 samples per ray, 192 rays per step drawn across frames, 4 x 200 = 800 Adam steps (lr 2e-3, cosine),
 # c2f over 400 steps. Two sweeps into one MLflow experiment: search_spaces/nerfies_ablation.yaml with the elastic
 # weight pinned (plain NeRF, full, no c2f), then the full model without the elastic loss; 3 seeds each = 12 trials.
+# Measured: 2026-12-04 14:01 to 14:49 UTC on the shared 2-core CPU (docs/RESULTS.md Part VIII.3).
 # Paper scale (a real capture in the Nerfies format, 8 warp frequencies, 250k steps) on a GPU:
 #   EXTRA_SET="dataset=nerfies data_dir=/path/to/capture image_scale=4 pos_freqs=10 warp_freqs=8 width=256 depth=8
 #   warp_width=128 warp_depth=6 steps_per_epoch=5000 epochs=50" SWEEP_ARGS="--gpus-per-trial 1".

@@ -169,7 +169,7 @@ SMALL = {"frames": 12, "image_size": 16, "epochs": 2, "steps_per_epoch": 125, "b
 
 
 def test_nerfies_learns_held_out_views_in_a_bounded_budget(tmp_path: Path) -> None:
-    """250 steps of a small SE(3) Nerfies on 12 frames of 16x16 (69 s measured at load 15 on the 2-core machine):
+    """250 steps of a small SE(3) Nerfies on 12 frames of 16x16 (19 s idle, 69 s at load 15 on the 2-core machine):
     held-out PSNR rises clearly above the untrained model's, and the artifacts are written. Measured (seed 0, same
     setting): val PSNR 17.7 -> 23.1, test 17.9 -> 23.3. The first ~150 steps sit on a plateau near the untrained
     PSNR (the dark background is fitted first), so a shorter budget does not test learning. With 6 frames the

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 import math
 import os
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
@@ -71,7 +71,7 @@ def geman_mcclure(x: Tensor, c: float) -> Tensor:
     return 2 * s / (s + 4)
 
 
-def warp_jacobian(warp: Any, x: Tensor) -> Tensor:
+def warp_jacobian(warp: Callable[[Tensor], Tensor], x: Tensor) -> Tensor:
     """J_T (..., 3, 3) of the points map ``warp`` at x (..., 3), differentiable (three reverse passes)."""
     x = x.detach().requires_grad_(True)
     y = warp(x)
