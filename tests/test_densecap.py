@@ -13,6 +13,7 @@ import numpy as np
 import pytest
 import torch
 
+from tests.ddp_ranks import train_on_gloo_ranks
 from trainables import registry
 from trainables.boxes import box_iou, decode_boxes
 from trainables.captions import (
@@ -273,3 +274,12 @@ def test_densecap_learns_to_localize_and_caption_in_a_bounded_budget(tmp_path: P
     task.write_artifacts(str(tmp_path))
     assert (tmp_path / "val_predictions.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert "| score |" in (tmp_path / "val_captions.md").read_text()
+
+
+def test_two_gloo_ranks_train_in_sync_through_ddp(tmp_path: Path) -> None:
+    """Two ranks through the loop's DDP path (as a Ray Train worker group runs it): the training forward goes through
+    DDP's wrapper, so both ranks hold the same weights after every epoch and report the same epoch mean."""
+    ranks = train_on_gloo_ranks("densecap", {**SMALL, "train_images": 64, "val_images": 4, "test_images": 4,
+                                             "limit_train_batches": 2}, tmp_path)
+    assert [r["replicas_in_sync"] for r in ranks[0]] == [1.0, 1.0]
+    assert ranks[0][-1]["step"] == 4 and ranks[0][-1]["train_loss"] == ranks[1][-1]["train_loss"]

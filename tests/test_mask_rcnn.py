@@ -4,16 +4,14 @@ its picture), and two gloo ranks through the loop's DDP path staying in sync."""
 
 from __future__ import annotations
 
-import json
 import math
-import socket
 from pathlib import Path
 
 import pytest
 import torch
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from tests.ddp_ranks import train_on_gloo_ranks
 from trainables import registry
 from trainables.boxes import encode_boxes
 from trainables.context import LocalContext
@@ -186,38 +184,11 @@ def test_mask_rcnn_learns_to_detect_and_segment_in_a_bounded_budget(tmp_path: Pa
 
 
 # --------------------------------------------------------------------------------------------------------- DDP
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _ddp_worker(rank: int, world_size: int, port: int, out: str) -> None:
-    import os
-
-    import torch.distributed as dist
-
-    from trainables.context import DistributedContext
-
-    torch.set_num_threads(1)
-    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
-    dist.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        config = registry.get("mask_rcnn").resolve({**TINY, "epochs": 2, "limit_train_batches": 2})
-        ctx = DistributedContext()
-        registry.get("mask_rcnn").train(config, ctx)
-        Path(f"{out}.{rank}").write_text(json.dumps(ctx.results))
-    finally:
-        dist.destroy_process_group()
-
-
 def test_two_gloo_ranks_train_in_sync_through_the_loops_ddp_path(tmp_path: Path) -> None:
     """Each rank trains on its own shard through DDP (the model is reached through ``.module`` wherever the task
     needs the bare network: detection, artifacts); after every epoch both hold bit-identical weights. (Their val
     scores may differ slightly: BatchNorm's running statistics are rank-local between DDP's buffer broadcasts.)"""
-    out = tmp_path / "results"
-    mp.spawn(_ddp_worker, args=(2, _free_port(), str(out)), nprocs=2)
-    ranks = [json.loads(Path(f"{out}.{r}").read_text()) for r in (0, 1)]
+    ranks = train_on_gloo_ranks("mask_rcnn", {**TINY, "epochs": 2, "limit_train_batches": 2}, tmp_path)
     assert [r["replicas_in_sync"] for r in ranks[0]] == [1.0, 1.0]
     assert ranks[0][-1]["step"] == 4 and 0.0 <= ranks[0][-1]["val_mask_ap"] <= 1.0
     assert ranks[0][-1]["train_loss"] == ranks[1][-1]["train_loss"]  # the epoch's mean over both ranks' shards

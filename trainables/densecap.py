@@ -36,7 +36,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.captions import Vocabulary, dense_captioning_map, meteor_lite
-from trainables.context import Context
+from trainables.context import Context, unwrap
 from trainables.data_formats import DatasetError
 from trainables.densecap_data import DATASETS, CaptionedImages, check_visual_genome, load_densecap_data
 from trainables.densecap_networks import DenseCapModel, RegionBatch
@@ -137,8 +137,7 @@ class DenseCapTask(Task):
     @torch.no_grad()
     def score(self, split: CaptionedImages, device: torch.device, showcase: bool = False) -> dict[str, float]:
         """Dense mAP (greedy and beam captions), detection mAP, and captions of the ground-truth boxes."""
-        model = self.models["densecap"]
-        model = getattr(model, "module", model)
+        model = unwrap(self.models["densecap"])
         was_training = model.training
         model.eval()
         greedy, beam, targets = [], [], []
