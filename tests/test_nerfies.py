@@ -10,6 +10,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from tests.ddp_ranks import train_on_gloo_ranks
 from trainables import registry
 from trainables.context import LocalContext
 from trainables.deforming_scene import make_deforming_scene
@@ -191,3 +192,14 @@ def test_nerfies_learns_held_out_views_in_a_bounded_budget(tmp_path: Path) -> No
     task.write_artifacts(str(tmp_path))
     for name in ("heldout.png", "turntable.png"):
         assert (tmp_path / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_two_gloo_ranks_average_every_gradient_through_ddp(tmp_path: Path) -> None:
+    """With two ranks (the loop's DDP path, as a Ray Train worker group runs it) the coarse and fine passes, the
+    elastic Jacobian and the background loss all run inside DDP's forward, so both ranks hold the same weights after
+    every epoch; a task that called the bare network would train each rank on its own rays and drift apart."""
+    overrides = {**SMALL, "frames": 6, "image_size": 8, "epochs": 2, "steps_per_epoch": 3, "batch_size": 32}
+    ranks = train_on_gloo_ranks("nerfies", overrides, tmp_path)
+    assert [r["replicas_in_sync"] for r in ranks[0]] == [1.0, 1.0]
+    assert ranks[0][-1]["step"] == 6 and ranks[0][-1]["train_loss"] == ranks[1][-1]["train_loss"]
+    assert "train_elastic" in ranks[0][-1] and "train_background" in ranks[0][-1]  # the regularisers ran

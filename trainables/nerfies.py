@@ -156,33 +156,41 @@ class NerfiesTask(Task):
         """Nerfies eq. 8: alpha(t) = m t / N, clipped to [0, m]; N = 0 gives all m frequencies."""
         return window_alpha(step, self.config["warp_freqs"], self.config["warp_anneal_steps"])
 
-    def render_rays(self, o: Tensor, d: Tensor, frame: Tensor, alpha: float, train: bool) -> dict[str, Any]:
-        """Coarse then fine pass (NeRF Sec. 5.2) through the warp; returns both renderings and the coarse samples."""
-        model = self.models["nerfies"]
+    def render_rays(self, model: Nerfies, o: Tensor, d: Tensor, frame: Tensor, alpha: float,
+                    train: bool) -> dict[str, Any]:
+        """Coarse then fine pass (NeRF Sec. 5.2) of the bare ``model`` through the warp; returns both renderings and
+        the coarse samples."""
         c = self.config
         t = stratified_samples(self.capture.near, self.capture.far, len(o), c["num_coarse"], perturb=train)
         t = t.to(o.device, o.dtype)
         out: dict[str, Any] = {}
-        for name, net in (("coarse", unwrap(model).coarse), ("fine", unwrap(model).fine)):
+        for name, net in (("coarse", model.coarse), ("fine", model.fine)):
             if name == "fine":  # the sampler of nerf_render draws on the CPU
                 t = hierarchical_samples(t.cpu(), out["coarse"].weights.cpu(), c["num_fine"],
                                          deterministic=not train).to(o.device, o.dtype)
             x = o[:, None, :] + t[..., None] * d[:, None, :]  # x = o + t d
-            sigma, rgb = net(unwrap(model).warp(x, frame, alpha), d)
+            sigma, rgb = net(model.warp(x, frame, alpha), d)
             out[name] = render(sigma, rgb, t, d)
             if name == "coarse":
                 out["x_coarse"] = x
         return out
 
     def train_step(self, batch: dict[str, Tensor], step: int) -> dict[str, Any]:
-        c = self.config
         alpha = self.alpha(step)
-        out = self.render_rays(batch["o"], batch["d"], batch["frame"], alpha, train=True)
+        # one forward of the (DDP-wrapped) model runs all of training_loss: every gradient is averaged over ranks
+        loss, result = self.models["nerfies"](self.training_loss, batch, step, alpha)
+        self.step = step + 1
+        return {"loss": loss, **result, "warp_alpha": alpha}
+
+    def training_loss(self, model: Nerfies, batch: dict[str, Tensor], step: int,
+                      alpha: float) -> tuple[Tensor, dict[str, Tensor]]:
+        """L = L_rgb + elastic_weight L_elastic + background_weight L_bg on the bare ``model`` (see the module)."""
+        c = self.config
+        out = self.render_rays(model, batch["o"], batch["d"], batch["frame"], alpha, train=True)
         mse_coarse = (out["coarse"].rgb - batch["rgb"]).pow(2).mean()
         mse_fine = (out["fine"].rgb - batch["rgb"]).pow(2).mean()
         loss = mse_coarse + mse_fine  # L_rgb: coarse and fine
-        result: dict[str, Any] = {"mse_coarse": mse_coarse.detach(), "psnr": psnr(mse_fine.detach())}
-        model = unwrap(self.models["nerfies"])
+        result: dict[str, Tensor] = {"mse_coarse": mse_coarse.detach(), "psnr": psnr(mse_fine.detach())}
         if model.deform is not None and c["elastic_weight"] > 0:
             n = min(c["elastic_rays"], len(batch["o"]))
             frame = batch["frame"][:n]
@@ -200,8 +208,7 @@ class NerfiesTask(Task):
             background = (model.warp(x, frames, alpha) - x).norm(dim=-1).mean()  # (1/K) sum ||T(x_k) - x_k||
             loss = loss + c["background_weight"] * background
             result["background"] = background.detach()
-        self.step = step + 1
-        return {"loss": loss, **result, "warp_alpha": alpha}
+        return loss, result
 
     @torch.no_grad()
     def render_views(self, views: Views, device: torch.device) -> Tensor:
@@ -210,8 +217,8 @@ class NerfiesTask(Task):
         n, h, w, _ = o.shape
         frame = views.frame[:, None, None].expand(n, h, w).reshape(-1)
         o, d = o.reshape(-1, 3), d.reshape(-1, 3)
-        chunk, alpha = self.config["eval_chunk"], self.alpha(self.step)
-        parts = [self.render_rays(o[s:s + chunk].to(device), d[s:s + chunk].to(device),
+        chunk, alpha, model = self.config["eval_chunk"], self.alpha(self.step), unwrap(self.models["nerfies"])
+        parts = [self.render_rays(model, o[s:s + chunk].to(device), d[s:s + chunk].to(device),
                                   frame[s:s + chunk].to(device), alpha, train=False)["fine"].rgb.cpu()
                  for s in range(0, len(o), chunk)]
         return torch.cat(parts).clamp(0, 1).reshape(n, h, w, 3)

@@ -21,6 +21,9 @@ give the warp almost nothing to tell frames apart by until they have grown.
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from typing import Any
+
 import torch
 from torch import Tensor, nn
 
@@ -155,3 +158,9 @@ class Nerfies(nn.Module):
     def warp(self, x: Tensor, frame: Tensor, alpha: float | None) -> Tensor:
         """Observation points -> template points (the identity for a plain NeRF)."""
         return x if self.deform is None else self.deform(x, frame, alpha)
+
+    def forward(self, compute: Callable[..., Any], *args: Any) -> Any:
+        """``compute(self, *args)``: a training step's whole computation (coarse and fine passes, the elastic
+        Jacobian, the background loss) as one forward. DDP averages the gradients only of what ran inside its
+        wrapper's forward, and a step that reaches the network three ways cannot be one plain forward signature."""
+        return compute(self, *args)
