@@ -42,7 +42,7 @@ from trainables.densecap_data import DATASETS, CaptionedImages, check_visual_gen
 from trainables.densecap_networks import DenseCapModel, RegionBatch
 from trainables.loop import LOOP_PATHS, LOOP_USER_ERRORS, fit
 from trainables.optim import OPTIM_DEFAULTS, validate_optim_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.registry import ConfigError, as_config_error, check_choice, check_range, register
 from trainables.task import Task
 
 # The paper's METEOR thresholds (0 .. 0.25) suit METEOR on free text, where even a human caption scores about 0.3;
@@ -266,10 +266,8 @@ def validate_densecap(config: dict[str, Any]) -> None:
         raise ConfigError("anchor_sizes and anchor_ratios must be nonempty lists of positive numbers")
     validate_optim_config(config)
     if config["dataset"] == "visual_genome":
-        try:
+        with as_config_error(DatasetError):
             check_visual_genome(config["data_dir"])
-        except DatasetError as err:  # already one readable line
-            raise ConfigError(str(err)) from None
 
 
 @register("densecap", defaults=DENSECAP_DEFAULTS, validate=validate_densecap, metrics=DENSECAP_METRICS,

@@ -38,7 +38,7 @@ from trainables.checkpoint import (
 from trainables.context import TASK_ARTIFACTS, Context, unwrap
 from trainables.data import DatasetBundle, DatasetError, check_dataset, dataset_names, load_dataset
 from trainables.optim import OPTIM_DEFAULTS, Warmup, build_schedule, validate_optim_config
-from trainables.registry import ConfigError, check_choice, check_range
+from trainables.registry import as_config_error, check_choice, check_range
 from trainables.task import Task, Total
 
 LOOP_DEFAULTS: dict[str, Any] = {
@@ -68,10 +68,8 @@ def validate_loop_config(config: Mapping[str, Any]) -> None:
     check_range(config, "batch_size", 1)
     check_range(config, "limit_train_batches", 0)
     validate_optim_config(config)
-    try:
+    with as_config_error(DatasetError):
         check_dataset(config["dataset"], config["data_dir"])
-    except DatasetError as err:  # already one readable line
-        raise ConfigError(str(err)) from None
 
 
 def load_data(config: Mapping[str, Any]) -> Any:

@@ -44,7 +44,7 @@ from trainables.image_grid import BOX_COLOURS, save_image_grid
 from trainables.loop import LOOP_DEFAULTS, LOOP_PATHS, LOOP_USER_ERRORS, fit
 from trainables.mask_rcnn_networks import BACKBONES, BOX_WEIGHTS, HeadOutputs, MaskRCNN
 from trainables.optim import validate_optim_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.registry import as_config_error, check_choice, check_range, register
 from trainables.roi_ops import METHODS, roi_align
 from trainables.rpn import RoiSample
 from trainables.task import Task
@@ -263,10 +263,8 @@ def validate_mask_rcnn(config: dict[str, Any]) -> None:
         check_range(config, key, 0.0, low_open=True)
     validate_optim_config(config)
     if config["dataset"] == "coco":
-        try:
+        with as_config_error(DetectionDataError):
             check_coco_folder(config["data_dir"])
-        except DetectionDataError as err:
-            raise ConfigError(str(err)) from None
 
 
 @register("mask_rcnn", defaults=MASK_RCNN_DEFAULTS, validate=validate_mask_rcnn, metrics=MASK_RCNN_METRICS,

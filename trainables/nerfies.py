@@ -38,7 +38,7 @@ from trainables.nerf_render import hierarchical_samples, render, stratified_samp
 from trainables.nerfies_data import Capture, CaptureError, Views, check_capture, from_synthetic, read_capture
 from trainables.nerfies_networks import WARPS, Nerfies
 from trainables.optim import validate_optim_config
-from trainables.registry import ConfigError, check_choice, check_range, register
+from trainables.registry import as_config_error, check_choice, check_range, register
 from trainables.task import Task
 
 NERFIES_METRICS: dict[str, str] = {"val_psnr": "max", "val_ssim": "max", "test_psnr": "max", "test_ssim": "max",
@@ -292,10 +292,8 @@ def validate_nerfies(config: dict[str, Any]) -> None:
     check_range(config, "elastic_scale", 0.0, low_open=True)
     validate_optim_config(config)
     if config["dataset"] == "nerfies":
-        try:
+        with as_config_error(CaptureError):
             check_capture(config["data_dir"])
-        except CaptureError as err:  # already one readable line
-            raise ConfigError(str(err)) from None
 
 
 @register("nerfies", defaults=NERFIES_DEFAULTS, validate=validate_nerfies, metrics=NERFIES_METRICS,

@@ -15,7 +15,8 @@ from __future__ import annotations
 
 import importlib
 import pkgutil
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Literal
 
@@ -69,6 +70,16 @@ TOOL_MODULES: dict[str, str] = {
 
 class ConfigError(ValueError):
     """A user's config is wrong (unknown key, bad type, value out of range). The message is one readable line."""
+
+
+@contextmanager
+def as_config_error(*errors: type[Exception]) -> Iterator[None]:
+    """Re-raise ``errors`` (whose messages are already one readable line: a dataset check's, an architecture rule's)
+    as :class:`ConfigError`, so a validator that calls such a check reports like every other config mistake."""
+    try:
+        yield
+    except errors as err:
+        raise ConfigError(str(err)) from None
 
 
 @dataclass(frozen=True)
