@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from types import ModuleType
 
 import pytest
 import torch
@@ -120,6 +121,29 @@ def test_roi_pool_matches_loop_reference(scale: float, out_size: tuple[int, int]
     want = _pool_reference(features, boxes, *out_size, scale)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
+
+
+def _torchvision_ops() -> ModuleType:
+    """torchvision.ops where its compiled kernels load (a CUDA build of torch); skips elsewhere: on this project's
+    CPU build ``import torchvision`` raises RuntimeError ("operator torchvision::nms does not exist"), not
+    ImportError, so ``pytest.importorskip`` alone would not skip."""
+    try:
+        import torchvision.ops as ops
+    except Exception as err:  # noqa: BLE001 (any failure to load the kernels means: nothing to compare against)
+        pytest.skip(f"torchvision's ops do not load here: {type(err).__name__}: {err}")
+    return ops
+
+
+@pytest.mark.parametrize("aligned", [False, True])
+@pytest.mark.parametrize("ratio", [-1, 2])
+def test_roi_align_and_pool_match_torchvisions_kernels_where_they_load(aligned: bool, ratio: int) -> None:
+    ops = _torchvision_ops()
+    features = _features(seed=2)
+    want = ops.roi_align(features, BOXES, (3, 3), spatial_scale=0.5, sampling_ratio=ratio, aligned=aligned)
+    got = roi_align(features, BOXES, (3, 3), spatial_scale=0.5, sampling_ratio=ratio, aligned=aligned)
+    torch.testing.assert_close(got, want, rtol=0, atol=1e-10)
+    torch.testing.assert_close(roi_pool(features, BOXES, (2, 3), spatial_scale=0.5),
+                               ops.roi_pool(features, BOXES, (2, 3), spatial_scale=0.5), rtol=0, atol=0)
 
 def test_gradcheck_both() -> None:
     features = _features(n=2, c=1, seed=2).requires_grad_(True)
