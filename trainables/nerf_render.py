@@ -67,17 +67,26 @@ def rays_from_camera(height: int, width: int, focal: float, c2w: Tensor) -> tupl
 
 def stratified_samples(
     near: float, far: float, num_rays: int, num_samples: int, perturb: bool = True,
-    generator: torch.Generator | None = None,
+    generator: torch.Generator | None = None, device: torch.device | str | None = None,
 ) -> Tensor:
-    """NeRF eq. 2: [near, far] in S equal bins, t_i ~ U[bin_i] (perturb) or the bin's midpoint. (R, S), sorted."""
-    edges = torch.linspace(near, far, num_samples + 1)
+    """NeRF eq. 2: [near, far] in S equal bins, t_i ~ U[bin_i] (perturb) or the bin's midpoint. (R, S), sorted, on
+    ``device`` (the draws come from ``generator``'s device when one is given, so a seeded CPU stream stays one)."""
+    edges = torch.linspace(near, far, num_samples + 1, device=device)
     lower, upper = edges[:-1].expand(num_rays, -1), edges[1:].expand(num_rays, -1)
     if perturb:
-        u = torch.rand(num_rays, num_samples, generator=generator)
+        u = _uniform((num_rays, num_samples), edges.dtype, edges.device, generator)
     else:
-        u = torch.full((num_rays, num_samples), 0.5)
+        u = torch.full((num_rays, num_samples), 0.5, device=edges.device)
     # t_i = t_n + (i - 1 + u_i) (t_f - t_n) / S,   u_i ~ U[0, 1]
     return lower + (upper - lower) * u
+
+
+def _uniform(shape: tuple[int, int], dtype: torch.dtype, device: torch.device,
+             generator: torch.Generator | None) -> Tensor:
+    """U[0, 1) draws on ``device``; from ``generator`` (on its own device, then moved) when one is given."""
+    if generator is None:
+        return torch.rand(shape, dtype=dtype, device=device)
+    return torch.rand(shape, dtype=dtype, generator=generator, device=generator.device).to(device)
 
 
 def sample_pdf(
@@ -92,9 +101,9 @@ def sample_pdf(
     cdf[..., -1] = 1.0  # exact, not a float sum that may fall short of 1
     num_rays = bins.shape[0]
     if deterministic:
-        u = ((torch.arange(n, dtype=bins.dtype) + 0.5) / n).expand(num_rays, n).contiguous()
+        u = ((torch.arange(n, dtype=bins.dtype, device=bins.device) + 0.5) / n).expand(num_rays, n).contiguous()
     else:
-        u = torch.sort(torch.rand(num_rays, n, dtype=bins.dtype, generator=generator), dim=-1).values
+        u = torch.sort(_uniform((num_rays, n), bins.dtype, bins.device, generator), dim=-1).values
     B = weights.shape[-1]
     idx = torch.searchsorted(cdf, u, right=True)  # first edge with F > u: u lies in bin idx - 1
     below = torch.clamp(idx - 1, 0, B)

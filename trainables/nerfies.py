@@ -161,13 +161,12 @@ class NerfiesTask(Task):
         """Coarse then fine pass (NeRF Sec. 5.2) of the bare ``model`` through the warp; returns both renderings and
         the coarse samples."""
         c = self.config
-        t = stratified_samples(self.capture.near, self.capture.far, len(o), c["num_coarse"], perturb=train)
-        t = t.to(o.device, o.dtype)
+        t = stratified_samples(self.capture.near, self.capture.far, len(o), c["num_coarse"], perturb=train,
+                               device=o.device).to(o.dtype)
         out: dict[str, Any] = {}
         for name, net in (("coarse", model.coarse), ("fine", model.fine)):
-            if name == "fine":  # the sampler of nerf_render draws on the CPU
-                t = hierarchical_samples(t.cpu(), out["coarse"].weights.cpu(), c["num_fine"],
-                                         deterministic=not train).to(o.device, o.dtype)
+            if name == "fine":
+                t = hierarchical_samples(t, out["coarse"].weights, c["num_fine"], deterministic=not train)
             x = o[:, None, :] + t[..., None] * d[:, None, :]  # x = o + t d
             sigma, rgb = net(model.warp(x, frame, alpha), d)
             out[name] = render(sigma, rgb, t, d)
