@@ -40,6 +40,7 @@ from trainables.context import Context, unwrap
 from trainables.data_formats import DatasetError
 from trainables.densecap_data import DATASETS, CaptionedImages, check_visual_genome, load_densecap_data
 from trainables.densecap_networks import DenseCapModel, RegionBatch
+from trainables.image_grid import BOX_COLOURS
 from trainables.loop import LOOP_PATHS, LOOP_USER_ERRORS, fit
 from trainables.optim import OPTIM_DEFAULTS, validate_optim_config
 from trainables.registry import ConfigError, as_config_error, check_choice, check_range, register
@@ -187,9 +188,6 @@ class DenseCapTask(Task):
             write_caption_markdown(self.showcase, os.path.join(directory, "val_captions.md"))
 
 
-COLOURS = ((230, 25, 75), (60, 180, 75), (0, 130, 200), (245, 130, 48), (145, 30, 180))
-
-
 def write_prediction_png(showcase: list[dict[str, Any]], path: str, shown: int = 5, scale: int = 4) -> None:
     """Each image enlarged ``scale`` times with its ``shown`` best boxes, their captions listed below in the box's
     colour; four images a row. Pillow draws (matplotlib would cost a figure per image)."""
@@ -207,7 +205,7 @@ def write_prediction_png(showcase: list[dict[str, Any]], path: str, shown: int =
         pred = item["pred"]
         for j in range(min(shown, len(pred["captions"]))):
             x1, y1, x2, y2 = (float(v) * scale for v in pred["boxes"][j])
-            colour = COLOURS[j % len(COLOURS)]
+            colour = BOX_COLOURS[j % len(BOX_COLOURS)]
             draw.rectangle([left + x1, top + y1, left + x2, top + y2], outline=colour, width=2)
             draw.text((left + 2, top + size + 4 + 12 * j), f"{float(pred['scores'][j]):.2f} {pred['captions'][j]}",
                       fill=colour)
