@@ -14,16 +14,4 @@ repro_space mask_rcnn_roi
 METRICS=(test_mask_ap test_mask_ap50 test_mask_ap75 test_box_ap test_box_ap50 test_box_ap75 val_mask_ap val_box_ap
          train_loss_rpn_cls train_loss_rpn_box train_loss_cls train_loss_box train_loss_mask)
 python repro/summarize.py "$EXP" --by roi_op --metrics "${METRICS[@]}" --pair-by roi_op
-python - "$EXP" "${METRICS[@]:0:8}" <<'PY'
-import os, sys
-import mlflow
-from orchestrator import stats
-mlflow.set_tracking_uri(os.environ.get("MLFLOW_TRACKING_URI", "sqlite:///mlflow.db"))
-runs = mlflow.search_runs(experiment_names=[sys.argv[1]], output_format="pandas")
-runs = runs[runs["tags.mlflow.parentRunId"].notna() & (runs["status"] == "FINISHED")]
-for metric in sys.argv[2:]:
-    align, pool = (runs.loc[runs["params.roi_op"] == op, f"metrics.{metric}"] for op in ("align", "pool"))
-    print(f"Welch t-test {metric}: align - pool = {align.mean() - pool.mean():+.4f}, "
-          f"p = {stats.welch_p(align, pool):.3g}")
-PY
 python -m orchestrator.compare "$EXP" --by roi_op --images 4 --html "$REPORT_DIR/report.html" --plots "$REPORT_DIR/plots"

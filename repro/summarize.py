@@ -60,7 +60,8 @@ def summarize(experiment: str, by: list[str], tracking_uri: str, metrics: list[s
 
 def paired_by(runs: pd.DataFrame, by: list[str], key: str, metric: str) -> str:
     """The two values of ``key`` compared on matched trials: same seed and same other ``by`` keys (e.g. overlapping
-    vs disjoint FMP at each kind, alpha and seed): the mean difference, wins and the paired t-test."""
+    vs disjoint FMP at each kind, alpha and seed): the mean difference, wins and the paired t-test; and, without the
+    matching, Welch's t-test of all trials of one value against all of the other (what the RESULTS tables quote)."""
     others = [f"params.{k}" for k in by if k != key] + ["params.seed"]
     levels = sorted(runs[f"params.{key}"].dropna().unique())
     if len(levels) != 2:
@@ -70,8 +71,12 @@ def paired_by(runs: pd.DataFrame, by: list[str], key: str, metric: str) -> str:
     diff = pivot[b] - pivot[a]
     mean, std, n = stats.summarize(diff)
     p = stats.paired_p(pivot[b], pivot[a])
+    column = runs[f"params.{key}"]
+    welch = stats.welch_p(runs.loc[column == b, f"metrics.{metric}"].dropna(),
+                          runs.loc[column == a, f"metrics.{metric}"].dropna())
     return (f"{metric}, {key}={b} minus {key}={a} over {n} matched trials: {fmt_number(mean)} ± {fmt_number(std)}; "
-            f"{key}={b} lower in {int((diff < 0).sum())} of {n}; paired t-test p={fmt_number(p)}")
+            f"{key}={b} lower in {int((diff < 0).sum())} of {n}; paired t-test p={fmt_number(p)}; "
+            f"Welch t-test p={fmt_number(welch)}")
 
 
 def plot_curve(experiment: str, by: list[str], tracking_uri: str, metrics: list[str], xs: list[float],
