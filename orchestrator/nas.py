@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
                         help="asha: stop weak children early (their reward uses their last reported accuracy)")
     parser.add_argument("--max-concurrent", type=int, default=0, help="max children at once (0: as resources allow)")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per child")
-    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per child (> 0: Ray Train worker)")
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="GPUs per child (0.5: two per GPU)")
     parser.add_argument("--address", help="join a running Ray cluster (default: RAY_ADDRESS or embedded local Ray)")
     parser.add_argument("--num-cpus", type=int, help="logical CPUs of the embedded local Ray (default: all)")
     parser.add_argument("--storage", help="Tune storage path (default ./ray_results)")

@@ -1,8 +1,10 @@
 """A registered trainable -> a Tune trainable, run one of two ways.
 
-- One worker, no GPU: the train function runs inside the Tune trial's own process (the CLIs reuse that process for
-  the next trial: under a second of overhead a trial; see bench/README.md).
-- ``num_workers > 1`` or GPUs: the trial launches a Ray Train ``TorchTrainer`` worker group (DDP; gloo on CPU,
+- One worker (on CPUs, or on a GPU or a fraction of one): the train function runs inside the Tune trial's own
+  process, which holds the trial's CPUs and GPU share (the CLIs reuse that process for the next trial: under a second
+  of overhead a trial; see bench/README.md). Ray sets ``CUDA_VISIBLE_DEVICES`` to the trial's GPU, so fractional
+  requests (``--gpus-per-trial 0.5``) pack several trials per GPU.
+- ``num_workers > 1``: the trial launches a Ray Train ``TorchTrainer`` worker group (DDP; gloo on CPU,
   NCCL on GPU) and forwards its reports to Tune. The group's run is named after the trial id under the sweep's
   storage, so a retried or resumed trial finds its own checkpoints again (a group costs ~30 s a trial here).
 
@@ -48,7 +50,12 @@ class TrialResources:
 
     @property
     def uses_worker_group(self) -> bool:
-        return self.num_workers > 1 or self.use_gpu
+        # One GPU worker needs no process group: a worker group would add ~30 s a trial for nothing.
+        return self.num_workers > 1
+
+    def trial_process(self) -> dict[str, float]:
+        """What the trial's own process holds when it trains in that process."""
+        return {"CPU": self.cpus, **({"GPU": self.gpus} if self.use_gpu else {})}
 
     def per_worker(self) -> dict[str, float]:
         # The trial's CPUs include its driver's share, so `--cpus-per-trial 2 --workers 2` fits a 2-core laptop.
@@ -69,7 +76,7 @@ def trial_bundles(trainable: str, resources: TrialResources, config: dict[str, A
     if spec.placement is not None:
         return spec.placement(config)
     if not resources.uses_worker_group:
-        return [{"CPU": resources.cpus}]
+        return [resources.trial_process()]
     return [{"CPU": WORKER_GROUP_DRIVER_CPUS}] + [resources.per_worker()] * resources.num_workers
 
 
@@ -141,13 +148,13 @@ def make_trainable(
         def run_in_trial_process(config: dict[str, Any]) -> None:
             import torch
 
-            from trainables.context import TuneContext
+            from trainables.context import TuneContext, trial_device
 
             torch.set_num_threads(threads)  # as many threads as CPUs the trial holds: trials share the machine
-            train(config, TuneContext())
+            train(config, TuneContext(device=trial_device()))
 
         run_in_trial_process.__name__ = trainable
-        return tune.with_resources(run_in_trial_process, {"CPU": resources.cpus})
+        return tune.with_resources(run_in_trial_process, resources.trial_process())
 
     train_storage = posixpath.join(storage_path, experiment_name, "worker_groups")
 

@@ -33,7 +33,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list", action="store_true", help="list registered trainables and search spaces")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0, help="CPUs per trial (split over workers)")
     parser.add_argument("--gpus-per-trial", type=float, default=0.0,
-                        help="GPUs per trial (split over workers; > 0 runs a Ray Train worker group)")
+                        help="GPUs per trial, split over workers; fractions pack trials per GPU (0.5: two)")
     parser.add_argument("--workers", type=int, default=1, help="DDP workers per trial (> 1 runs a Ray Train group)")
     add_run_arguments(parser)
     return parser

@@ -24,6 +24,8 @@ from ray.tune import Callback
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
+NODE_TAG = "ray.node_id"  # the Ray node of the trial's latest report
+NODES_TAG = "ray.nodes"  # every node the trial reported from, in order (more than one after a lost node's retry)
 # Tune's own bookkeeping keys: not metrics of the method.
 _NOT_METRICS = {
     "training_iteration", "timestamp", "pid", "done", "time_this_iter_s", "time_since_restore",
@@ -209,10 +211,14 @@ class MlflowTrialCallback(Callback):
         self.swept_keys = list(swept_keys or [])
         self._runs: dict[str, str] = {}
         self._closed: set[str] = set()
+        self._node_history: dict[str, list[str]] = {}
         self.failed: list[str] = []
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_closed": set()}
+        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        self.__dict__.update({"_node_history": {}, **state})  # a callback pickled before node tags existed
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:
@@ -252,6 +258,7 @@ class MlflowTrialCallback(Callback):
             if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         self.tracker.client.log_batch(self.run_id(trial), metrics=metrics)
+        self._tag_node(trial, result)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         # Where the trial's latest checkpoint is (play/compare can find it from MLflow). Tune calls this while it
@@ -288,6 +295,26 @@ class MlflowTrialCallback(Callback):
                 self._close(run_id, "KILLED")
 
     # -- helpers -------------------------------------------------------------------------------------------------
+    def _tag_node(self, trial: Any, result: Mapping[str, Any]) -> None:
+        """Tag the run with the node the report came from when it differs from the last one (a trial's first report,
+        or its first after a retry on another node): where each trial ran, for users and the cluster tests."""
+        from mlflow.entities import RunTag
+
+        from trainables.context import NODE_ID_KEY
+
+        node = result.get(NODE_ID_KEY)
+        if not node:
+            return
+        run_id = self.run_id(trial)
+        history = self._node_history.get(run_id)
+        if history is None:  # first sight in this driver: a resumed sweep continues the run's recorded history
+            recorded = self.tracker.client.get_run(run_id).data.tags.get(NODES_TAG, "")
+            history = self._node_history[run_id] = [n for n in recorded.split(",") if n]
+        if history and history[-1] == node:
+            return
+        history.append(node)
+        self.tracker.client.log_batch(run_id, tags=[RunTag(NODE_TAG, node), RunTag(NODES_TAG, ",".join(history))])
+
     def _finish(self, run_id: str, trial: Any, status: str) -> None:
         """Upload the trial's artifacts and end its run with ``status``. A failed upload (disk full, store gone,
         permissions) ends the run FAILED with the reason in its ``error`` tag: its record is incomplete, and an

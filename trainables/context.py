@@ -2,9 +2,9 @@
 
 A trainable's code calls only this interface, so the same loop runs
 - in a Tune trial's own process (:class:`TuneContext`: ``ray.tune.report`` / ``ray.tune.get_checkpoint``), the cheap
-  path for one worker on one CPU device (a trial costs ~1 s of overhead instead of ~30 s for a worker group);
+  path for one worker on the CPU or one GPU (a trial costs ~1 s of overhead instead of ~30 s for a worker group);
 - as one rank of a Ray Train ``TorchTrainer`` worker group (:class:`TrainWorkerContext`: DDP, gloo on CPU, NCCL on
-  GPU), when a trial asks for several workers or for GPUs;
+  GPU), when a trial asks for several workers;
 - with no Ray at all (:class:`LocalContext`), for tests, benchmarks and notebooks, or one rank of a plain
   ``torch.distributed`` group (:class:`DistributedContext`, e.g. under ``torchrun``).
 
@@ -105,14 +105,42 @@ class LocalContext(Context):
         yield self._latest
 
 
+# Every Ray report names the node that produced it (the driver tags the trial's MLflow run with it): on a cluster,
+# where a trial ran and where a retried one went after a node was lost.
+NODE_ID_KEY = "ray_node_id"
+
+
+def _with_node(metrics: dict[str, Any]) -> dict[str, Any]:
+    import ray
+
+    return {**metrics, NODE_ID_KEY: ray.get_runtime_context().get_node_id()}
+
+
+def trial_device() -> torch.device:
+    """The device of a one-process trial: its GPU where Ray gave it one (``CUDA_VISIBLE_DEVICES`` then shows only that
+    GPU, so ``cuda`` is it), else the CPU. A logical GPU without CUDA (a CPU build of torch, a test cluster's
+    ``--num-gpus``) trains on the CPU and says so once."""
+    import ray
+
+    gpu_ids = ray.get_gpu_ids()
+    if gpu_ids and torch.cuda.is_available():
+        return torch.device("cuda")
+    if gpu_ids:
+        print(f"note: this trial holds GPU {gpu_ids} but torch sees no CUDA device; training on the CPU", flush=True)
+    return torch.device("cpu")
+
+
 class TuneContext(Context):
-    """Inside a Tune function trial (one process, one CPU device)."""
+    """Inside a Tune function trial (one process; the CPU, or the GPU the trial holds)."""
+
+    def __init__(self, device: str | torch.device = "cpu") -> None:
+        self.device = torch.device(device)
 
     def _emit(self, metrics: dict[str, Any], checkpoint_dir: str | None) -> None:
         from ray import tune
 
         checkpoint = tune.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir else None
-        tune.report(metrics, checkpoint=checkpoint)
+        tune.report(_with_node(metrics), checkpoint=checkpoint)
 
     @contextlib.contextmanager
     def restored_checkpoint(self) -> Iterator[str | None]:
@@ -187,7 +215,7 @@ class TrainWorkerContext(_ProcessGroupOps, Context):
 
         # Every rank must call report; only the chief hands over a checkpoint (all replicas hold the same weights).
         checkpoint = ray.train.Checkpoint.from_directory(checkpoint_dir) if checkpoint_dir and self.is_chief else None
-        ray.train.report(metrics, checkpoint=checkpoint)
+        ray.train.report(_with_node(metrics), checkpoint=checkpoint)
 
     @contextlib.contextmanager
     def restored_checkpoint(self) -> Iterator[str | None]:
