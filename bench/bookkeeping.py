@@ -1,0 +1,431 @@
+"""Scale of bookkeeping: many trivial trials through our runner + MLflow callback + tracker vs bare Tune, and MLflow
+writes per second into sqlite and into a local ``mlflow server``.
+
+Why: a sweep of a thousand short trials (a NAS search, a seed study) must not be dominated by our own bookkeeping.
+The issue's goal is a per-trial overhead of at most 1.1x bare Tune with actor reuse, on 2 CPUs, and a cost per
+trial that does not grow as the MLflow store fills up.
+
+Part 1 (``main``), one Ray instance, variants in interleaved blocks (bare, ours, ours, bare, ... so linear load drift
+hits both alike), ``reuse_actors=True`` and ``max_concurrent_trials`` = CPUs / CPU per trial in both:
+
+- ``bare``: trial_overhead's ``bare`` function trial (reports once), the sweep CLI's TuneConfig/RunConfig shape
+  (failure and checkpoint config) without our parts.
+- ``ours``: ``runner.make_trainable`` of trial_overhead's no-op ``bench_noop`` (a 64 KB checkpoint, one report like
+  the loop's epoch end), our ``MlflowTrialCallback`` under a ``SweepTracker`` parent run per block, every block
+  writing into the same temporary sqlite store, so later blocks see a bigger store.
+
+Part 2 (``writes``): the callback's own write pattern per trial (driven with stand-in trials: find-or-create the
+child run, params, one report's metrics, the checkpoint tag, config + checkpoint artifacts, set_terminated) and a
+plain ``log_batch`` loop, into a fresh sqlite store and into a local ``mlflow server`` (its own fresh sqlite store,
+artifacts proxied) that the bench starts and stops; the two stores interleaved round by round.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import cProfile
+import io
+import os
+import pstats
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from dataclasses import dataclass, field
+from typing import Any
+
+import _common
+from ray import tune
+from trial_overhead import TimedMlflowCallback, TrialClock, bare  # importing it registers `bench_noop`
+
+from orchestrator.runner import TrialResources, make_trainable
+from orchestrator.tracking import MlflowTrialCallback, SweepTracker
+
+EXPERIMENT = "bench_bookkeeping"
+RESOURCES = TrialResources()  # the sweep CLI's default: 1 CPU per trial, in the trial's own process
+WINDOW = 0.1  # "first vs last 10% of trials": does a trial get dearer as the store fills up?
+
+
+@dataclass
+class Block:
+    """One Tuner.fit of one variant."""
+
+    variant: str
+    trials: int
+    wall: float
+    clock: TrialClock
+    foreign: float
+    hooks: dict[str, float] = field(default_factory=dict)
+    runs_before: int = 0  # child runs already in the store when the block started (ours only)
+
+    def steady_gaps(self, skip: int) -> list[float]:
+        """Start-to-start gaps after the first ``skip`` trials (the block's fresh actors are up by then)."""
+        starts = self.clock.starts[skip:]
+        return [b - a for a, b in zip(starts, starts[1:], strict=False)]
+
+
+class Main:
+    """Runs the blocks of part 1 in one storage folder and one MLflow store."""
+
+    def __init__(self, root: str, concurrency: int) -> None:
+        self.root = root
+        self.storage = os.path.join(root, "ray_results")
+        self.uri = f"sqlite:///{os.path.join(root, 'mlflow.db')}"
+        self.concurrency = concurrency
+        self.count = 0
+        self.children = 0
+
+    def _tracker(self) -> SweepTracker:
+        tracker = SweepTracker(self.uri, EXPERIMENT)
+        if tracker.client.get_experiment_by_name(EXPERIMENT) is None:
+            # Artifacts under our temp dir, not ./mlruns in the working directory.
+            tracker.client.create_experiment(EXPERIMENT, artifact_location=os.path.join(self.root, "artifacts"))
+        tracker.start_parent(f"block-{self.count}", {"trials": "block"}, {"trainable": "bench_noop"})
+        return tracker
+
+    def run(self, variant: str, trials: int) -> Block:
+        """One experiment; for ``ours`` the parent run is made before and closed after the timed part, as the
+        sweep CLI makes one per sweep."""
+        self.count += 1
+        name = f"{variant}-{self.count}"
+        clock = TrialClock()
+        callbacks: list[Any] = [clock]
+        tracker, hooks = None, {}
+        if variant == "bare":
+            trainable: Any = bare
+            param_space: dict[str, Any] = {}
+        else:
+            trainable = make_trainable("bench_noop", RESOURCES, storage_path=self.storage, experiment_name=name)
+            param_space = {"payload_kb": 64}
+            tracker = self._tracker()
+            callback = TimedMlflowCallback(tracker, tags={"trainable": "bench_noop"})
+            hooks = callback.seconds
+            callbacks.append(callback)
+        runs_before = self.children
+        with _common.ForeignLoad() as load, _common.timed() as wall:
+            tuner = tune.Tuner(
+                trainable,
+                param_space=param_space,
+                tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=self.concurrency,
+                                            reuse_actors=True),
+                run_config=tune.RunConfig(
+                    name=name, storage_path=self.storage, callbacks=callbacks, verbose=0,
+                    failure_config=tune.FailureConfig(max_failures=2),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                ),
+            )
+            results = tuner.fit()
+        if tracker is not None:
+            tracker.end_parent("FINISHED")
+            self.children += trials
+        if results.errors:
+            raise RuntimeError(f"{variant}: {len(results.errors)} trial(s) failed: {results.errors[0]}")
+        return Block(variant, trials, wall[0], clock, load.value, dict(hooks), runs_before)
+
+
+def window_cost(blocks: list[Block], skip: int, first: bool) -> float:
+    """Mean start-to-start seconds over the first (or last) WINDOW of a variant's steady gaps, in run order."""
+    gaps = [g for block in blocks for g in block.steady_gaps(skip)]
+    n = max(1, round(len(gaps) * WINDOW))
+    part = gaps[:n] if first else gaps[-n:]
+    return sum(part) / len(part) if part else float("nan")
+
+
+def profile_block(bench: Main, trials: int) -> _common.Table:
+    """cProfile of the driver (Tune's loop and our callbacks run in its main thread) over one extra ``ours`` block."""
+    profiler = cProfile.Profile()
+    profiler.enable()
+    block = bench.run("ours", trials)
+    profiler.disable()
+    stream = io.StringIO()
+    stats = pstats.Stats(profiler, stream=stream)
+    table = _common.Table(f"Driver cProfile of one extra ours block ({trials} trials, {block.wall:.1f} s wall, "
+                          "profiler on), by cumulative time", ["function", "cum s", "per trial (s)", "calls"])
+    # Functions that say where a trial's driver time goes; the list is of names, the numbers are measured.
+    wanted = ("on_trial_start", "on_trial_result", "on_checkpoint", "on_trial_complete", "search_runs",
+              "create_run", "log_batch", "set_terminated", "log_artifact", "log_artifacts", "set_tag",
+              "_log_params", "_process_trial_save", "persist_current_checkpoint", "save_to_dir",
+              "_maybe_save_experiment_state", "checkpoint", "step", "_schedule_trial_actor", "_actor_started")
+    rows = []
+    for (path, line, func), (_cc, calls, _tt, cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
+        if func in wanted and ("orchestrator" in path or "mlflow" in path or "ray/tune" in path or "ray/train" in path):
+            where = path.split("site-packages/")[-1].split("wt-bench/")[-1]
+            rows.append((cum, f"{func} ({where}:{line})", calls))
+    for cum, label, calls in sorted(rows, reverse=True)[:16]:
+        table.add(label, cum, cum / trials, calls)
+    return table
+
+
+# -- part 2: MLflow writes per second ---------------------------------------------------------------------------
+
+
+class Counting:
+    """An MlflowClient that counts its calls by name (every call is one request to the store)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+@dataclass
+class StandInTrial:
+    """What MlflowTrialCallback reads of a Tune trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    checkpoint: Any
+    last_result: dict[str, Any]
+    status: str = "TERMINATED"
+
+    def __str__(self) -> str:
+        return f"bench_noop_{self.trial_id}"
+
+
+class Store:
+    """One tracking store of part 2 with a counted client and a parent run."""
+
+    def __init__(self, label: str, uri: str, artifact_location: str | None) -> None:
+        from orchestrator.tracking import open_client
+
+        self.label, self.uri = label, uri
+        self.tracker = SweepTracker(uri, EXPERIMENT)
+        self.client = Counting(open_client(uri))
+        self.tracker._client = self.client
+        if self.client.get_experiment_by_name(EXPERIMENT) is None:
+            self.client.create_experiment(EXPERIMENT, artifact_location=artifact_location)
+        self.tracker.start_parent(label, {}, {})
+        self.trials = 0
+        self.callback_calls: collections.Counter[str] = collections.Counter()  # made by the callback's hooks
+
+    def callback_round(self, trials: int, checkpoint: Any) -> tuple[float, int]:
+        """``trials`` stand-in trials through the real callback's hooks: (seconds, store calls)."""
+        callback = MlflowTrialCallback(self.tracker, tags={"trainable": "bench_noop"})
+        before = collections.Counter(self.client.calls)
+        started = time.perf_counter()
+        for _ in range(trials):
+            self.trials += 1
+            now = time.time()
+            result = {"loss": 0.0, "started_at": now, "body_s": 0.001, "reported_at": now, "time_total_s": 0.01,
+                      "training_iteration": 1, "timestamp": int(now), "done": False, "time_this_iter_s": 0.01,
+                      "trial_id": f"t{self.trials:05d}", "hostname": socket.gethostname()}
+            trial = StandInTrial(f"t{self.trials:05d}", {"payload_kb": 64}, checkpoint, result)
+            callback.on_trial_start(0, [], trial)
+            callback.on_trial_result(0, [], trial, result)
+            callback.on_checkpoint(0, [], trial, checkpoint)
+            callback.on_trial_complete(0, [], trial)
+        seconds = time.perf_counter() - started
+        made = self.client.calls - before
+        self.callback_calls += made
+        return seconds, sum(made.values())
+
+    def batch_round(self, batches: int, metrics: int) -> float:
+        """``batches`` log_batch calls of ``metrics`` metrics each into one run: seconds."""
+        from mlflow.entities import Metric
+
+        run_id = self.client.create_run(self.tracker.experiment_id(), run_name="log_batch").info.run_id
+        started = time.perf_counter()
+        for step in range(batches):
+            now = int(time.time() * 1000)
+            self.client.log_batch(run_id, metrics=[Metric(f"m{i}", float(step), now, step) for i in range(metrics)])
+        seconds = time.perf_counter() - started
+        self.client.set_terminated(run_id)
+        return seconds
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+def start_server(root: str) -> tuple[subprocess.Popen, str, float]:
+    """A local ``mlflow server`` on a free port in its own session (stopped by its pid's group): (process, uri,
+    seconds until /health answered)."""
+    port = free_port()
+    log = open(os.path.join(root, "server.log"), "w")  # noqa: SIM115 (lives as long as the server)
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+               f"sqlite:///{os.path.join(root, 'server.db')}", "--artifacts-destination",
+               os.path.join(root, "server_artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    started = time.perf_counter()
+    process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+    uri = f"http://127.0.0.1:{port}"
+    while time.perf_counter() - started < 180:
+        if process.poll() is not None:
+            raise RuntimeError(f"mlflow server exited with {process.returncode}; see {root}/server.log")
+        try:
+            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:  # noqa: S310 (our own server)
+                if response.status == 200:
+                    return process, uri, time.perf_counter() - started
+        except OSError:
+            time.sleep(0.5)
+    stop_server(process)
+    raise RuntimeError("mlflow server did not answer /health within 180 s")
+
+
+def stop_server(process: subprocess.Popen) -> None:
+    """SIGTERM to the server's own process group (its uvicorn workers), SIGKILL if it lingers."""
+    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(process.pid, sig)
+            process.wait(wait)
+            return
+        except ProcessLookupError:
+            return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+def writes_part(root: str, rounds: int, trials: int, batches: int, metrics: int) -> list[_common.Table]:
+    import torch
+
+    # MLflow prints a "View run at URL" line per run it ends on an HTTP store: 2 lines per trial of noise here.
+    os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
+    checkpoint_dir = os.path.join(root, "checkpoint")
+    os.makedirs(checkpoint_dir)
+    torch.save({"w": torch.zeros(64 * 256)}, os.path.join(checkpoint_dir, "state.pt"))  # as bench_noop's
+    checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
+    process, server_uri, server_start = start_server(root)
+    try:
+        stores = [Store("sqlite", f"sqlite:///{os.path.join(root, 'writes.db')}", os.path.join(root, "writes_art")),
+                  Store("mlflow server", server_uri, None)]
+        per: dict[str, dict[str, list[float]]] = {s.label: collections.defaultdict(list) for s in stores}
+        for r in range(rounds):
+            for store in stores if r % 2 == 0 else stores[::-1]:
+                with _common.ForeignLoad() as load:
+                    seconds, calls = store.callback_round(trials, checkpoint)
+                    batch_seconds = store.batch_round(batches, metrics)
+                per[store.label]["trials/s"].append(trials / seconds)
+                per[store.label]["calls/s"].append(calls / seconds)
+                per[store.label]["calls/trial"].append(calls / trials)
+                per[store.label]["batches/s"].append(batches / batch_seconds)
+                per[store.label]["foreign"].append(load.value)
+                print(f"writes round {r + 1}/{rounds} {store.label:>13}: {trials / seconds:6.1f} trials/s, "
+                      f"{batches / batch_seconds:6.1f} log_batch/s (foreign load {load.value:.2f})")
+        calls_by_name = {s.label: dict(s.callback_calls) for s in stores}
+    finally:
+        stop_server(process)
+    table = _common.Table(
+        f"MLflow writes per second, median of {rounds} interleaved rounds ({trials} callback trials + {batches} "
+        f"log_batch calls of {metrics} metrics per store and round)",
+        ["store", "callback trials/s", "store calls/s", "calls / trial", "log_batch/s", "metric values/s",
+         "ms / trial", "foreign load"])
+    for label, values in per.items():
+        med = {k: _common.median(v) for k, v in values.items()}
+        table.add(label, med["trials/s"], med["calls/s"], med["calls/trial"], med["batches/s"],
+                  med["batches/s"] * metrics, 1000 / med["trials/s"], med["foreign"])
+    names = sorted(calls_by_name["sqlite"])
+    table.notes.append("calls per trial of the callback, by client method: " + ", ".join(
+        f"{n} {calls_by_name['sqlite'][n] / (rounds * trials):.2g}" for n in names))
+    table.notes.append(f"mlflow server: `python -m mlflow server --backend-store-uri sqlite:///... "
+                       f"--artifacts-destination ... --host 127.0.0.1` (default workers), /health after "
+                       f"{server_start:.1f} s; both stores start empty and grow alike")
+    return [table]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=1000, help="trials of each variant (default 1000)")
+    parser.add_argument("--blocks", type=int, default=4, help="interleaved blocks per variant (default 4)")
+    parser.add_argument("--parts", nargs="+", choices=["main", "writes"], default=["main", "writes"])
+    parser.add_argument("--profile", action="store_true", help="cProfile the driver over one extra ours block")
+    parser.add_argument("--write-rounds", type=int, default=6, help="interleaved rounds of part 2 (default 6)")
+    parser.add_argument("--write-trials", type=int, default=50, help="callback trials per round (default 50)")
+    parser.add_argument("--write-batches", type=int, default=200, help="log_batch calls per round (default 200)")
+    parser.add_argument("--markdown", metavar="PATH", help="also write the tables as markdown to PATH")
+    args = parser.parse_args()
+
+    import ray
+
+    root = tempfile.mkdtemp(prefix="bench_bookkeeping_")
+    load_before = _common.load1()
+    tables: list[_common.Table] = []
+    try:
+        if "main" in args.parts:
+            _common.start_ray()
+            concurrency = max(1, int(ray.cluster_resources()["CPU"] // RESOURCES.cpus))
+            tables += main_part(Main(root, concurrency), args)
+            ray.shutdown()
+        if "writes" in args.parts:
+            tables += writes_part(root, args.write_rounds, args.write_trials, args.write_batches, metrics=5)
+    finally:
+        ray.shutdown()
+        shutil.rmtree(root, ignore_errors=True)
+    tables[-1].notes.append(f"load1 before {load_before:.2f}; {_common.environment('1 per trial (runner default)')}")
+    _common.emit(tables, args.markdown, "## bookkeeping")
+
+
+def main_part(bench: Main, args: argparse.Namespace) -> list[_common.Table]:
+    per_block = [args.trials // args.blocks + (1 if i < args.trials % args.blocks else 0) for i in range(args.blocks)]
+    for variant in ("bare", "ours"):  # first use (Tune imports, torch in fresh workers, the store's schema)
+        bench.run(variant, 2 * bench.concurrency)
+    bench.children = 0
+    blocks: dict[str, list[Block]] = {"bare": [], "ours": []}
+    for i, trials in enumerate(per_block):
+        for variant in ("bare", "ours") if i % 2 == 0 else ("ours", "bare"):
+            block = bench.run(variant, trials)
+            blocks[variant].append(block)
+            print(f"block {i + 1}/{args.blocks} {variant}: {block.wall:7.2f} s for {trials} trials = "
+                  f"{block.wall / trials:.3f} s/trial (foreign load {block.foreign:.2f})")
+    skip = bench.concurrency
+
+    def per_trial(variant: str) -> float:
+        return sum(b.wall for b in blocks[variant]) / sum(b.trials for b in blocks[variant])
+
+    def weighted_foreign(variant: str) -> float:
+        return sum(b.foreign * b.wall for b in blocks[variant]) / sum(b.wall for b in blocks[variant])
+
+    bare_cost = per_trial("bare")
+    summary = _common.Table(
+        f"Per-trial overhead, {args.trials} trials per variant in {args.blocks} interleaved blocks, "
+        f"reuse_actors=True, max_concurrent_trials={bench.concurrency}",
+        ["variant", "wall / trial (s)", "x bare", "first 10% (s/trial)", "last 10% (s/trial)", "last / first",
+         "MLflow hooks (s/trial)", "foreign load"])
+    for variant in ("bare", "ours"):
+        first = window_cost(blocks[variant], skip, first=True)
+        last = window_cost(blocks[variant], skip, first=False)
+        hooks = sum(sum(b.hooks.values()) for b in blocks[variant]) / args.trials
+        summary.add(variant, per_trial(variant), per_trial(variant) / bare_cost, first, last, last / first,
+                    hooks if variant == "ours" else None, weighted_foreign(variant))
+    summary.notes.append(
+        "wall / trial = sum of the blocks' (Tuner construction + fit) / trials; goal ours / bare <= 1.1. first / "
+        f"last 10% = mean start-to-start gap (driver's on_trial_start) over the first / last {WINDOW:.0%} of a "
+        f"variant's trials in run order, leaving out each block's first {skip} starts (its fresh actors). "
+        "MLflow hooks = our callback's driver-side on_trial_start/result/complete time. foreign load = cores "
+        "other processes kept busy (0 = quiet), weighted by block wall time.")
+    detail = _common.Table("Per block (run order within a block: see the log)",
+                           ["block", "variant", "trials", "wall / trial (s)", "steady (s/trial)",
+                            "child runs in store before", "MLflow start / result / complete (ms/trial)",
+                            "foreign load"])
+    for i in range(args.blocks):
+        for variant in ("bare", "ours"):
+            b = blocks[variant][i]
+            gaps = b.steady_gaps(skip)
+            hooks = " / ".join(f"{1000 * b.hooks.get(h, 0.0) / b.trials:.1f}" for h in ("start", "result",
+                                                                                          "complete"))
+            detail.add(i + 1, variant, b.trials, b.wall / b.trials, sum(gaps) / len(gaps) if gaps else None,
+                       b.runs_before if variant == "ours" else None, hooks if variant == "ours" else "",
+                       b.foreign)
+    tables = [summary, detail]
+    if args.profile:
+        tables.append(profile_block(bench, per_block[0]))
+    return tables
+
+
+if __name__ == "__main__":
+    main()
