@@ -48,6 +48,7 @@ from orchestrator.tracking import MlflowTrialCallback, SweepTracker
 
 EXPERIMENT = "bench_bookkeeping"
 RESOURCES = TrialResources()  # the sweep CLI's default: 1 CPU per trial, in the trial's own process
+HOOKS = ("start", "result", "checkpoint", "complete")  # our callback's hooks, timed by TimedMlflowCallback
 WINDOW = 0.1  # "first vs last 10% of trials": does a trial get dearer as the store fills up?
 
 
@@ -136,28 +137,51 @@ def window_cost(blocks: list[Block], skip: int, first: bool) -> float:
     return sum(part) / len(part) if part else float("nan")
 
 
-def profile_block(bench: Main, trials: int) -> _common.Table:
-    """cProfile of the driver (Tune's loop and our callbacks run in its main thread) over one extra ``ours`` block."""
-    profiler = cProfile.Profile()
-    profiler.enable()
-    block = bench.run("ours", trials)
-    profiler.disable()
-    stream = io.StringIO()
-    stats = pstats.Stats(profiler, stream=stream)
-    table = _common.Table(f"Driver cProfile of one extra ours block ({trials} trials, {block.wall:.1f} s wall, "
-                          "profiler on), by cumulative time", ["function", "cum s", "per trial (s)", "calls"])
-    # Functions that say where a trial's driver time goes; the list is of names, the numbers are measured.
-    wanted = ("on_trial_start", "on_trial_result", "on_checkpoint", "on_trial_complete", "search_runs",
-              "create_run", "log_batch", "set_terminated", "log_artifact", "log_artifacts", "set_tag",
-              "_log_params", "_process_trial_save", "persist_current_checkpoint", "save_to_dir",
-              "_maybe_save_experiment_state", "checkpoint", "step", "_schedule_trial_actor", "_actor_started")
-    rows = []
-    for (path, line, func), (_cc, calls, _tt, cum, _callers) in stats.stats.items():  # type: ignore[attr-defined]
-        if func in wanted and ("orchestrator" in path or "mlflow" in path or "ray/tune" in path or "ray/train" in path):
-            where = path.split("site-packages/")[-1].split("wt-bench/")[-1]
-            rows.append((cum, f"{func} ({where}:{line})", calls))
-    for cum, label, calls in sorted(rows, reverse=True)[:16]:
-        table.add(label, cum, cum / trials, calls)
+# Driver functions whose cumulative time says where a trial's driver time goes (nested: a row includes those under it).
+_TUNE = "tune/execution/tune_controller.py"
+_PROFILED = {
+    (_TUNE, "step"): "Tune driver loop, all (TuneController.step)",
+    (_TUNE, "_actor_started"): "  trial (re)start: _actor_started (calls on_trial_start)",
+    (_TUNE, "_process_trial_results"): "  results: _process_trial_results (calls on_trial_result)",
+    (_TUNE, "_process_trial_save"): "  checkpoint registration: _process_trial_save (calls on_checkpoint)",
+    (_TUNE, "_maybe_cache_trial_actor"): "  actor kept for reuse: _maybe_cache_trial_actor",
+    (_TUNE, "checkpoint"): "  experiment-state save: TuneController.checkpoint",
+}
+
+
+def profile_blocks(bench: Main, trials: int) -> _common.Table:
+    """cProfile of the driver (Tune's loop and our callbacks run in its main thread) over one extra block of each
+    variant: what Tune itself does per trial in both, what our hooks add, and which MLflow client calls they make."""
+    per: dict[str, dict[str, float]] = {}
+    walls: dict[str, float] = {}
+    for variant in ("bare", "ours"):
+        profiler = cProfile.Profile()
+        profiler.enable()
+        walls[variant] = bench.run(variant, trials).wall
+        profiler.disable()
+        stats = pstats.Stats(profiler, stream=io.StringIO()).stats  # type: ignore[attr-defined]
+        cum: dict[str, float] = collections.defaultdict(float)
+        for (path, _line, func), (_cc, _calls, _tt, seconds, _callers) in stats.items():
+            for (suffix, name), label in _PROFILED.items():
+                if path.endswith(suffix) and func == name:
+                    cum[label] += seconds
+            if path.endswith("orchestrator/tracking.py") and func.startswith("on_"):
+                cum["    our MlflowTrialCallback hooks, all"] += seconds
+                cum[f"      {func}"] += seconds
+            elif path.endswith("mlflow/tracking/client.py") and not func.startswith("_") and func != "<listcomp>":
+                cum[f"        MlflowClient.{func}"] += seconds
+        per[variant] = cum
+    table = _common.Table(f"Driver cProfile, one extra block of {trials} trials per variant (wall with the profiler "
+                          f"on: bare {walls['bare']:.1f} s, ours {walls['ours']:.1f} s)",
+                          ["where (ms per trial, cumulative)", "bare", "ours", "ours - bare"])
+    ours = per["ours"]
+    labels = list(_PROFILED.values()) + sorted((k for k in ours if k not in _PROFILED.values()),
+                                               key=lambda k: (not k.startswith("    our"), "Client" in k, -ours[k]))
+    for label in labels:
+        bare_ms, ours_ms = (1000 * per[v].get(label, 0.0) / trials for v in ("bare", "ours"))
+        table.add(label, bare_ms, ours_ms, ours_ms - bare_ms)
+    table.notes.append("cumulative time: a row includes the rows indented under it; the profiler slows Python code, "
+                       "so shares matter more than totals")
     return table
 
 
@@ -406,24 +430,23 @@ def main_part(bench: Main, args: argparse.Namespace) -> list[_common.Table]:
         "wall / trial = sum of the blocks' (Tuner construction + fit) / trials; goal ours / bare <= 1.1. first / "
         f"last 10% = mean start-to-start gap (driver's on_trial_start) over the first / last {WINDOW:.0%} of a "
         f"variant's trials in run order, leaving out each block's first {skip} starts (its fresh actors). "
-        "MLflow hooks = our callback's driver-side on_trial_start/result/complete time. foreign load = cores "
-        "other processes kept busy (0 = quiet), weighted by block wall time.")
+        "MLflow hooks = our callback's driver-side time in on_trial_start/result/checkpoint/complete. foreign "
+        "load = cores other processes kept busy (0 = quiet), weighted by block wall time.")
     detail = _common.Table("Per block (run order within a block: see the log)",
                            ["block", "variant", "trials", "wall / trial (s)", "steady (s/trial)",
-                            "child runs in store before", "MLflow start / result / complete (ms/trial)",
+                            "child runs in store before", f"MLflow {' / '.join(HOOKS)} (ms/trial)",
                             "foreign load"])
     for i in range(args.blocks):
         for variant in ("bare", "ours"):
             b = blocks[variant][i]
             gaps = b.steady_gaps(skip)
-            hooks = " / ".join(f"{1000 * b.hooks.get(h, 0.0) / b.trials:.1f}" for h in ("start", "result",
-                                                                                          "complete"))
+            hooks = " / ".join(f"{1000 * b.hooks.get(h, 0.0) / b.trials:.1f}" for h in HOOKS)
             detail.add(i + 1, variant, b.trials, b.wall / b.trials, sum(gaps) / len(gaps) if gaps else None,
                        b.runs_before if variant == "ours" else None, hooks if variant == "ours" else "",
                        b.foreign)
     tables = [summary, detail]
     if args.profile:
-        tables.append(profile_block(bench, per_block[0]))
+        tables.append(profile_blocks(bench, per_block[0]))
     return tables
 
 
