@@ -29,13 +29,9 @@ import io
 import os
 import pstats
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import tempfile
 import time
-import urllib.request
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -43,12 +39,14 @@ import _common
 from ray import tune
 from trial_overhead import TimedMlflowCallback, TrialClock, bare  # importing it registers `bench_noop`
 
+from orchestrator.executor import DEFAULT_MAX_FAILURES, TuneSetup
 from orchestrator.runner import TrialResources, make_trainable
 from orchestrator.tracking import MlflowTrialCallback, SweepTracker
 
 EXPERIMENT = "bench_bookkeeping"
 RESOURCES = TrialResources()  # the sweep CLI's default: 1 CPU per trial, in the trial's own process
 HOOKS = ("start", "result", "checkpoint", "complete")  # our callback's hooks, timed by TimedMlflowCallback
+GOAL = 1.1  # the issue's goal for ours / bare per trial
 WINDOW = 0.1  # "first vs last 10% of trials": does a trial get dearer as the store fills up?
 
 
@@ -70,7 +68,7 @@ class Block:
         return [b - a for a, b in zip(starts, starts[1:], strict=False)]
 
 
-class Main:
+class TrialBench:
     """Runs the blocks of part 1 in one storage folder and one MLflow store."""
 
     def __init__(self, root: str, concurrency: int) -> None:
@@ -116,8 +114,9 @@ class Main:
                                             reuse_actors=True),
                 run_config=tune.RunConfig(
                     name=name, storage_path=self.storage, callbacks=callbacks, verbose=0,
-                    failure_config=tune.FailureConfig(max_failures=2),
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=2),
+                    # The same retry and checkpoint settings as the sweep CLI's Tuner (executor.build_tuner).
+                    failure_config=tune.FailureConfig(max_failures=DEFAULT_MAX_FAILURES),
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=TuneSetup.keep_checkpoints),
                 ),
             )
             results = tuner.fit()
@@ -149,7 +148,7 @@ _PROFILED = {
 }
 
 
-def profile_blocks(bench: Main, trials: int) -> _common.Table:
+def profile_blocks(bench: TrialBench, trials: int) -> _common.Table:
     """cProfile of the driver (Tune's loop and our callbacks run in its main thread) over one extra block of each
     variant: what Tune itself does per trial in both, what our hooks add, and which MLflow client calls they make."""
     per: dict[str, dict[str, float]] = {}
@@ -272,49 +271,6 @@ class Store:
         return seconds
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-def start_server(root: str) -> tuple[subprocess.Popen, str, float]:
-    """A local ``mlflow server`` on a free port in its own session (stopped by its pid's group): (process, uri,
-    seconds until /health answered)."""
-    port = free_port()
-    log = open(os.path.join(root, "server.log"), "w")  # noqa: SIM115 (lives as long as the server)
-    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
-               f"sqlite:///{os.path.join(root, 'server.db')}", "--artifacts-destination",
-               os.path.join(root, "server_artifacts"), "--host", "127.0.0.1", "--port", str(port)]
-    started = time.perf_counter()
-    process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
-    uri = f"http://127.0.0.1:{port}"
-    while time.perf_counter() - started < 180:
-        if process.poll() is not None:
-            raise RuntimeError(f"mlflow server exited with {process.returncode}; see {root}/server.log")
-        try:
-            with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:  # noqa: S310 (our own server)
-                if response.status == 200:
-                    return process, uri, time.perf_counter() - started
-        except OSError:
-            time.sleep(0.5)
-    stop_server(process)
-    raise RuntimeError("mlflow server did not answer /health within 180 s")
-
-
-def stop_server(process: subprocess.Popen) -> None:
-    """SIGTERM to the server's own process group (its uvicorn workers), SIGKILL if it lingers."""
-    for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):
-        try:
-            os.killpg(process.pid, sig)
-            process.wait(wait)
-            return
-        except ProcessLookupError:
-            return
-        except subprocess.TimeoutExpired:
-            continue
-
-
 def writes_part(root: str, rounds: int, trials: int, batches: int, metrics: int) -> list[_common.Table]:
     import torch
 
@@ -324,8 +280,7 @@ def writes_part(root: str, rounds: int, trials: int, batches: int, metrics: int)
     os.makedirs(checkpoint_dir)
     torch.save({"w": torch.zeros(64 * 256)}, os.path.join(checkpoint_dir, "state.pt"))  # as bench_noop's
     checkpoint = tune.Checkpoint.from_directory(checkpoint_dir)
-    process, server_uri, server_start = start_server(root)
-    try:
+    with _common.mlflow_server(root) as (server_uri, server_start):
         stores = [Store("sqlite", f"sqlite:///{os.path.join(root, 'writes.db')}", os.path.join(root, "writes_art")),
                   Store("mlflow server", server_uri, None)]
         per: dict[str, dict[str, list[float]]] = {s.label: collections.defaultdict(list) for s in stores}
@@ -342,8 +297,6 @@ def writes_part(root: str, rounds: int, trials: int, batches: int, metrics: int)
                 print(f"writes round {r + 1}/{rounds} {store.label:>13}: {trials / seconds:6.1f} trials/s, "
                       f"{batches / batch_seconds:6.1f} log_batch/s (foreign load {load.value:.2f})")
         calls_by_name = {s.label: dict(s.callback_calls) for s in stores}
-    finally:
-        stop_server(process)
     table = _common.Table(
         f"MLflow writes per second, median of {rounds} interleaved rounds ({trials} callback trials + {batches} "
         f"log_batch calls of {metrics} metrics per store and round)",
@@ -367,7 +320,8 @@ def main() -> None:
     parser.add_argument("--trials", type=int, default=1000, help="trials of each variant (default 1000)")
     parser.add_argument("--blocks", type=int, default=4, help="interleaved blocks per variant (default 4)")
     parser.add_argument("--parts", nargs="+", choices=["main", "writes"], default=["main", "writes"])
-    parser.add_argument("--profile", action="store_true", help="cProfile the driver over one extra ours block")
+    parser.add_argument("--profile", action="store_true",
+                        help=f"cProfile the driver over an extra block per variant (automatic if ours / bare > {GOAL})")
     parser.add_argument("--write-rounds", type=int, default=6, help="interleaved rounds of part 2 (default 6)")
     parser.add_argument("--write-trials", type=int, default=50, help="callback trials per round (default 50)")
     parser.add_argument("--write-batches", type=int, default=200, help="log_batch calls per round (default 200)")
@@ -383,7 +337,7 @@ def main() -> None:
         if "main" in args.parts:
             _common.start_ray()
             concurrency = max(1, int(ray.cluster_resources()["CPU"] // RESOURCES.cpus))
-            tables += main_part(Main(root, concurrency), args)
+            tables += main_part(TrialBench(root, concurrency), args)
             ray.shutdown()
         if "writes" in args.parts:
             tables += writes_part(root, args.write_rounds, args.write_trials, args.write_batches, metrics=5)
@@ -394,11 +348,10 @@ def main() -> None:
     _common.emit(tables, args.markdown, "## bookkeeping")
 
 
-def main_part(bench: Main, args: argparse.Namespace) -> list[_common.Table]:
+def main_part(bench: TrialBench, args: argparse.Namespace) -> list[_common.Table]:
     per_block = [args.trials // args.blocks + (1 if i < args.trials % args.blocks else 0) for i in range(args.blocks)]
     for variant in ("bare", "ours"):  # first use (Tune imports, torch in fresh workers, the store's schema)
         bench.run(variant, 2 * bench.concurrency)
-    bench.children = 0
     blocks: dict[str, list[Block]] = {"bare": [], "ours": []}
     for i, trials in enumerate(per_block):
         for variant in ("bare", "ours") if i % 2 == 0 else ("ours", "bare"):
@@ -427,13 +380,13 @@ def main_part(bench: Main, args: argparse.Namespace) -> list[_common.Table]:
         summary.add(variant, per_trial(variant), per_trial(variant) / bare_cost, first, last, last / first,
                     hooks if variant == "ours" else None, weighted_foreign(variant))
     summary.notes.append(
-        "wall / trial = sum of the blocks' (Tuner construction + fit) / trials; goal ours / bare <= 1.1. first / "
+        f"wall / trial = sum of the blocks' (Tuner construction + fit) / trials; goal ours / bare <= {GOAL}. first / "
         f"last 10% = mean start-to-start gap (driver's on_trial_start) over the first / last {WINDOW:.0%} of a "
         f"variant's trials in run order, leaving out each block's first {skip} starts (its fresh actors). "
         "MLflow hooks = our callback's driver-side time in on_trial_start/result/checkpoint/complete. foreign "
         "load = cores other processes kept busy (0 = quiet), weighted by block wall time.")
     detail = _common.Table("Per block (run order within a block: see the log)",
-                           ["block", "variant", "trials", "wall / trial (s)", "steady (s/trial)",
+                           ["block", "variant", "trials", "wall / trial (s)", "x bare", "steady (s/trial)",
                             "child runs in store before", f"MLflow {' / '.join(HOOKS)} (ms/trial)",
                             "foreign load"])
     for i in range(args.blocks):
@@ -441,11 +394,12 @@ def main_part(bench: Main, args: argparse.Namespace) -> list[_common.Table]:
             b = blocks[variant][i]
             gaps = b.steady_gaps(skip)
             hooks = " / ".join(f"{1000 * b.hooks.get(h, 0.0) / b.trials:.1f}" for h in HOOKS)
-            detail.add(i + 1, variant, b.trials, b.wall / b.trials, sum(gaps) / len(gaps) if gaps else None,
+            ratio = b.wall / b.trials / (blocks["bare"][i].wall / blocks["bare"][i].trials)
+            detail.add(i + 1, variant, b.trials, b.wall / b.trials, ratio, sum(gaps) / len(gaps) if gaps else None,
                        b.runs_before if variant == "ours" else None, hooks if variant == "ours" else "",
                        b.foreign)
     tables = [summary, detail]
-    if args.profile:
+    if args.profile or per_trial("ours") / bare_cost > GOAL:
         tables.append(profile_blocks(bench, per_block[0]))
     return tables
 
