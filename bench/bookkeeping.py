@@ -1,23 +1,16 @@
 """Scale of bookkeeping: many trivial trials through our runner + MLflow callback + tracker vs bare Tune, and MLflow
 writes per second into sqlite and into a local ``mlflow server``.
 
-Why: a sweep of a thousand short trials (a NAS search, a seed study) must not be dominated by our own bookkeeping.
-The issue's goal is a per-trial overhead of at most 1.1x bare Tune with actor reuse, on 2 CPUs, and a cost per
-trial that does not grow as the MLflow store fills up.
+Why: a sweep of a thousand short trials must not be dominated by our own bookkeeping. The issue's goal: at most 1.1x
+bare Tune's per-trial overhead with actor reuse on 2 CPUs, and no growth as the MLflow store fills up.
 
-Part 1 (``main``), one Ray instance, variants in interleaved blocks (bare, ours, ours, bare, ... so linear load drift
-hits both alike), ``reuse_actors=True`` and ``max_concurrent_trials`` = CPUs / CPU per trial in both:
+Part 1, one Ray, blocks interleaved (bare, ours, ours, bare, ...), ``reuse_actors=True`` and ``max_concurrent_trials``
+= CPUs / CPU per trial in both, the sweep CLI's failure and checkpoint config: ``bare`` is trial_overhead's ``bare``
+function trial; ``ours`` is ``runner.make_trainable`` of trial_overhead's no-op ``bench_noop`` (64 KB checkpoint, one
+report) with our ``MlflowTrialCallback`` and a ``SweepTracker`` parent run per block, all blocks in one sqlite store.
 
-- ``bare``: trial_overhead's ``bare`` function trial (reports once), the sweep CLI's TuneConfig/RunConfig shape
-  (failure and checkpoint config) without our parts.
-- ``ours``: ``runner.make_trainable`` of trial_overhead's no-op ``bench_noop`` (a 64 KB checkpoint, one report like
-  the loop's epoch end), our ``MlflowTrialCallback`` under a ``SweepTracker`` parent run per block, every block
-  writing into the same temporary sqlite store, so later blocks see a bigger store.
-
-Part 2 (``writes``): the callback's own write pattern per trial (driven with stand-in trials: find-or-create the
-child run, params, one report's metrics, the checkpoint tag, config + checkpoint artifacts, set_terminated) and a
-plain ``log_batch`` loop, into a fresh sqlite store and into a local ``mlflow server`` (its own fresh sqlite store,
-artifacts proxied) that the bench starts and stops; the two stores interleaved round by round.
+Part 2: the real callback driven by stand-in trials (its write pattern per trial) and a plain ``log_batch`` loop, into
+a fresh sqlite store and a local ``mlflow server`` (own fresh store) that the bench starts and stops, interleaved.
 """
 
 from __future__ import annotations
@@ -226,7 +219,7 @@ class Store:
     def __init__(self, label: str, uri: str, artifact_location: str | None) -> None:
         from orchestrator.tracking import open_client
 
-        self.label, self.uri = label, uri
+        self.label = label
         self.tracker = SweepTracker(uri, EXPERIMENT)
         self.client = Counting(open_client(uri))
         self.tracker._client = self.client
@@ -367,24 +360,38 @@ def main_part(bench: TrialBench, args: argparse.Namespace) -> list[_common.Table
     def weighted_foreign(variant: str) -> float:
         return sum(b.foreign * b.wall for b in blocks[variant]) / sum(b.wall for b in blocks[variant])
 
+    def steady(variant: str) -> float:
+        gaps = [g for b in blocks[variant] for g in b.steady_gaps(skip)]
+        return sum(gaps) / len(gaps)
+
     bare_cost = per_trial("bare")
+    block_ratios = [o.wall / b.wall for o, b in zip(blocks["ours"], blocks["bare"], strict=True)]
     summary = _common.Table(
         f"Per-trial overhead, {args.trials} trials per variant in {args.blocks} interleaved blocks, "
         f"reuse_actors=True, max_concurrent_trials={bench.concurrency}",
-        ["variant", "wall / trial (s)", "x bare", "first 10% (s/trial)", "last 10% (s/trial)", "last / first",
-         "MLflow hooks (s/trial)", "foreign load"])
+        ["variant", "wall / trial (s)", "x bare", "x bare per block (median, min-max)", "steady (s/trial)",
+         "steady x bare", "first 10% (s/trial)", "last 10% (s/trial)", "last / first", "MLflow hooks (s/trial)",
+         "foreign load"])
+    hooks = sum(sum(b.hooks.values()) for b in blocks["ours"]) / args.trials
     for variant in ("bare", "ours"):
         first = window_cost(blocks[variant], skip, first=True)
         last = window_cost(blocks[variant], skip, first=False)
-        hooks = sum(sum(b.hooks.values()) for b in blocks[variant]) / args.trials
-        summary.add(variant, per_trial(variant), per_trial(variant) / bare_cost, first, last, last / first,
+        spread = (f"{_common.median(block_ratios):.3g} ({min(block_ratios):.3g}-{max(block_ratios):.3g})"
+                  if variant == "ours" else "")
+        summary.add(variant, per_trial(variant), per_trial(variant) / bare_cost, spread, steady(variant),
+                    steady(variant) / steady("bare"), first, last, last / first,
                     hooks if variant == "ours" else None, weighted_foreign(variant))
+    extra = per_trial("ours") - bare_cost
     summary.notes.append(
-        f"wall / trial = sum of the blocks' (Tuner construction + fit) / trials; goal ours / bare <= {GOAL}. first / "
-        f"last 10% = mean start-to-start gap (driver's on_trial_start) over the first / last {WINDOW:.0%} of a "
-        f"variant's trials in run order, leaving out each block's first {skip} starts (its fresh actors). "
-        "MLflow hooks = our callback's driver-side time in on_trial_start/result/checkpoint/complete. foreign "
-        "load = cores other processes kept busy (0 = quiet), weighted by block wall time.")
+        f"ours - bare = {1000 * extra:.1f} ms a trial (wall), {1000 * (steady('ours') - steady('bare')):.1f} ms "
+        f"steady; our MLflow hooks take {1000 * hooks:.1f} ms a trial in the driver's loop.")
+    summary.notes.append(
+        f"wall / trial = sum of the blocks' (Tuner construction + fit) / trials; goal ours / bare <= {GOAL}. steady = "
+        f"mean start-to-start gap (driver's on_trial_start) leaving out each block's first {skip} starts (its fresh "
+        f"actors), i.e. without the blocks' setup and teardown; first / last 10% = the same over the first / last "
+        f"{WINDOW:.0%} of a variant's trials in run order. MLflow hooks = our callback's driver-side time in "
+        "on_trial_start/result/checkpoint/complete. foreign load = cores other processes kept busy (0 = quiet), "
+        "weighted by block wall time.")
     detail = _common.Table("Per block (run order within a block: see the log)",
                            ["block", "variant", "trials", "wall / trial (s)", "x bare", "steady (s/trial)",
                             "child runs in store before", f"MLflow {' / '.join(HOOKS)} (ms/trial)",
