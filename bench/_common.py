@@ -1,5 +1,5 @@
 """Shared helpers of the benchmarks: Ray start, robust statistics, environment notes, table printing (numbers and
-Markdown through ``orchestrator.tables``, as everywhere else in the project).
+Markdown through ``orchestrator.tables``, as everywhere else in the project), a local ``mlflow server`` to measure.
 
 Why these exist: the machine is a shared 2-core box, so every benchmark interleaves its variants (A, B, A, B, ...)
 and reports medians and ratios instead of single absolute times; every table carries the load average seen around
@@ -12,9 +12,14 @@ import argparse
 import datetime as dt
 import os
 import platform
+import signal
+import socket
 import statistics
+import subprocess
+import sys
 import threading
 import time
+import urllib.request
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -238,3 +243,43 @@ def emit(tables: Sequence[Table], markdown_path: str | None, header: str) -> Non
         text = f"{header}\n\n" + "\n".join(t.markdown() for t in tables)
         Path(markdown_path).write_text(text)
         print(f"markdown written to {markdown_path}")
+
+
+@contextmanager
+def mlflow_server(root: str, timeout: float = 180.0) -> Iterator[tuple[str, float]]:
+    """A local ``mlflow server`` (fresh sqlite store and proxied artifacts under ``root``) on a free port:
+    ``with mlflow_server(root) as (uri, startup_seconds)``. It runs in a session of its own, so stopping it ends
+    exactly its processes (the server and its uvicorn workers) and nothing else on the shared machine."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    command = [sys.executable, "-m", "mlflow", "server", "--backend-store-uri",
+               f"sqlite:///{os.path.join(root, 'server.db')}", "--artifacts-destination",
+               os.path.join(root, "server_artifacts"), "--host", "127.0.0.1", "--port", str(port)]
+    uri = f"http://127.0.0.1:{port}"
+    with open(os.path.join(root, "server.log"), "w") as log:
+        started = time.perf_counter()
+        process = subprocess.Popen(command, cwd=root, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        try:
+            while True:
+                if process.poll() is not None:
+                    raise RuntimeError(f"mlflow server exited with {process.returncode}; see {root}/server.log")
+                if time.perf_counter() - started > timeout:
+                    raise RuntimeError(f"mlflow server did not answer /health within {timeout:.0f} s")
+                try:
+                    with urllib.request.urlopen(f"{uri}/health", timeout=2) as response:  # noqa: S310 (ours)
+                        if response.status == 200:
+                            break
+                except OSError:
+                    time.sleep(0.5)
+            yield uri, time.perf_counter() - started
+        finally:
+            for sig, wait in ((signal.SIGTERM, 15), (signal.SIGKILL, 5)):  # its own process group only
+                try:
+                    os.killpg(process.pid, sig)
+                    process.wait(wait)
+                    break
+                except ProcessLookupError:
+                    break
+                except subprocess.TimeoutExpired:
+                    continue

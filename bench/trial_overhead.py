@@ -122,6 +122,9 @@ class TimedMlflowCallback(MlflowTrialCallback):
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         self._time("result", super().on_trial_result, iteration, trials, trial, result, **info)
 
+    def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
+        self._time("checkpoint", super().on_checkpoint, iteration, trials, trial, checkpoint, **info)
+
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._time("complete", super().on_trial_complete, iteration, trials, trial, **info)
 

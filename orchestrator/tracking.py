@@ -122,6 +122,9 @@ class SweepTracker:
         self.experiment_name = experiment_name
         self.parent_run_id: str | None = None
         self._client: Any = None
+        self._experiment_id: str | None = None
+        # The parent run this object created (not reopened): no child run of it can predate this process.
+        self.new_parent_run_id: str | None = None
 
     @property
     def client(self) -> Any:
@@ -131,17 +134,22 @@ class SweepTracker:
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment; an open sqlite engine does not pickle (nor should it).
-        return {**self.__dict__, "_client": None}
+        # After a restore the experiment id is looked up again (the store may have changed in between), and the
+        # parent counts as reopened: its child runs are searched for.
+        return {**self.__dict__, "_client": None, "_experiment_id": None, "new_parent_run_id": None}
 
     def experiment_id(self) -> str:
-        experiment = self.client.get_experiment_by_name(self.experiment_name)
-        if experiment is not None:
-            return experiment.experiment_id
-        return self.client.create_experiment(self.experiment_name)
+        # Looked up once: the callback needs it twice per trial, and each lookup was a store query (~1 ms of the
+        # driver loop's time per call on sqlite; bench/bookkeeping.py).
+        if self._experiment_id is None:
+            experiment = self.client.get_experiment_by_name(self.experiment_name)
+            self._experiment_id = (experiment.experiment_id if experiment is not None
+                                   else self.client.create_experiment(self.experiment_name))
+        return self._experiment_id
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
         run = self.client.create_run(self.experiment_id(), run_name=run_name, tags=dict(tags))
-        self.parent_run_id = run.info.run_id
+        self.parent_run_id = self.new_parent_run_id = run.info.run_id
         self._log_params(self.parent_run_id, flatten(params))
         return self.parent_run_id
 
@@ -225,7 +233,10 @@ class MlflowTrialCallback(Callback):
         if trial.trial_id in self._runs:
             return self._runs[trial.trial_id]
         client, parent = self.tracker.client, self.tracker.parent_run_id
-        existing = client.search_runs(
+        # Only a reopened or restored parent (a resume) can have this trial's run already. A new parent's children
+        # are all in self._runs, so a new sweep skips the store query, which grows with the store's size.
+        fresh = parent is not None and parent == self.tracker.new_parent_run_id
+        existing = [] if fresh else client.search_runs(
             [self.tracker.experiment_id()],
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'",
             max_results=1,
