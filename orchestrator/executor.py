@@ -99,6 +99,13 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
     tracker = tracking.SweepTracker(tracking_uri, record["mlflow_experiment"] if record else the_plan.mlflow_experiment)
     if record:
         tracker.reopen_parent(record["parent_run_id"])
+        # A driver killed outright (kill -9, a lost node) closed nothing: its children are still RUNNING. Tune
+        # reopens those it continues; the rest must not stay RUNNING (orchestrator.recovery says what else a kill
+        # leaves and how the resumed run reconciles with MLflow).
+        stale = tracker.close_stale_children()
+        if stale:
+            print(f"{stale} trial run(s) left RUNNING by a driver that did not stop cleanly: closed as KILLED "
+                  "(the trials Tune continues reopen theirs)")
     else:
         tags = {"trainable": spec.name, "ray.experiment": folder, "command": f"{prog} {shlex.join(argv)}",
                 "resources": held, **the_plan.tags}
@@ -117,7 +124,10 @@ def build_tuner(plan: Plan, tracker: tracking.SweepTracker, storage: str, name: 
     from ray import tune
 
     trainable = runner.make_trainable(plan.spec.name, plan.resources, storage_path=storage, experiment_name=name)
-    if resume:
+    # A driver killed after it wrote the record but before Tune's first save of the experiment state leaves nothing
+    # for Tune to restore: the experiment starts again under the same name and parent run (children it recorded
+    # are adopted by configuration: orchestrator.recovery).
+    if resume and tune.Tuner.can_restore(f"{storage}/{name}"):
         # The callback (with the parent run id) and any searcher's state come back with the experiment.
         return tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)

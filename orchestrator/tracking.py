@@ -22,6 +22,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator import recovery
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
 # Tune's own bookkeeping keys: not metrics of the method.
@@ -161,6 +163,12 @@ class SweepTracker:
         self.parent_run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
 
+    def close_stale_children(self) -> int:
+        """End as KILLED every child run a previous driver left RUNNING (it was killed: ``kill -9``, a lost node, a
+        tracking server that went away), before a resume starts; returns how many. Tune reopens the runs of the trials
+        it continues (:meth:`MlflowTrialCallback.run_id`); the others must not stay RUNNING for ever."""
+        return self.end_running_children("KILLED")
+
     def cut_off_children(self) -> int:
         """How many child runs ended KILLED: trials an interrupt cut off (Tune itself does not say; see
         :meth:`MlflowTrialCallback.on_experiment_end`). A resume reopens them."""
@@ -172,16 +180,18 @@ class SweepTracker:
         )
         return len(runs)
 
-    def end_running_children(self, status: str) -> None:
+    def end_running_children(self, status: str) -> int:
         """End every child run still RUNNING as ``status``: the driver stopped under them (Tune itself failed), so
         no callback will; a resume reopens them."""
         if self.parent_run_id is None:
-            return
-        for run in self.client.search_runs(
+            return 0
+        runs = self.client.search_runs(
             [self.experiment_id()], max_results=10_000,
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
-        ):
+        )
+        for run in runs:
             self.client.set_terminated(run.info.run_id, status=status)
+        return len(runs)
 
     def end_parent(self, status: str) -> None:
         if self.parent_run_id:
@@ -210,9 +220,10 @@ class MlflowTrialCallback(Callback):
         self._runs: dict[str, str] = {}
         self._closed: set[str] = set()
         self.failed: list[str] = []
+        self._replay = recovery.Replay()  # a resume's view of what MLflow already has (see orchestrator.recovery)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_closed": set()}
+        return {**self.__dict__, "_runs": {}, "_closed": set(), "_replay": recovery.Replay()}
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:
@@ -223,10 +234,10 @@ class MlflowTrialCallback(Callback):
             [self.tracker.experiment_id()],
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'",
             max_results=1,
-        )
+        ) or self._replay.adopt_orphan(self.tracker, trial)
         if existing:
-            run_id = existing[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+            # A resumed trial continues its run; what MLflow already has is not written again (recovery.Replay).
+            run_id = self._replay.resume_run(client, existing[0])
         else:
             swept = ",".join(f"{k}={trial.config.get(k)}" for k in self.swept_keys)
             tags = {**self.tags, "mlflow.parentRunId": parent, TRIAL_ID_TAG: trial.trial_id,
@@ -238,12 +249,17 @@ class MlflowTrialCallback(Callback):
         return run_id
 
     # -- Tune hooks --------------------------------------------------------------------------------------------
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._replay.note_restored(trials)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
 
+        if self._replay.recorded(self.run_id(trial), result):
+            return
         step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
         metrics = [
@@ -257,6 +273,8 @@ class MlflowTrialCallback(Callback):
         # Where the trial's latest checkpoint is (play/compare can find it from MLflow). Tune calls this while it
         # registers the checkpoint, in the same step: from here on a resume continues from it (interrupt tests wait
         # for this tag; the metrics of a report reach MLflow before its checkpoint is registered).
+        if self._replay.recorded(self.run_id(trial), trial.last_result or {}):
+            return
         self.tracker.client.set_tag(self.run_id(trial), "checkpoint", str(checkpoint.path))
         # What the task drew at this report (a GAN's samples), kept per epoch: training's pictures over time.
         if getattr(getattr(checkpoint, "filesystem", None), "type_name", "local") == "local":
@@ -265,10 +283,13 @@ class MlflowTrialCallback(Callback):
                                 artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(self.run_id(trial), trial, "FINISHED")
+        if not self._replay.settled(self.run_id(trial)):
+            self._finish(self.run_id(trial), trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
+        if self._replay.settled(run_id):
+            return
         error = _trial_error_text(trial)
         self.tracker.client.set_tag(run_id, "error", error[-4000:])
         self._finish(run_id, trial, "FAILED")
@@ -280,7 +301,7 @@ class MlflowTrialCallback(Callback):
         # continues it from its checkpoint and this callback closes its run then).
         for trial in trials:
             run_id = self._runs.get(trial.trial_id)
-            if run_id is None or run_id in self._closed:
+            if run_id is None or run_id in self._closed or self._replay.settled(run_id):
                 continue
             if trial.status == "ERROR":
                 self.on_trial_error(0, trials, trial)
