@@ -8,10 +8,16 @@ import os
 import signal
 from pathlib import Path
 
+import pytest
 from mlflow.tracking import MlflowClient
 
 from tests.conftest import run_gated_cli, start_gated_cli, wait_until
 from tests.test_sweep_cli import child_runs
+
+# Tune saves its experiment state every this many seconds (auto: 10 s or more), and at forced points (a trial's
+# num_to_keep-th checkpoint since the last save). The killed drivers set it high, so the tests see the oldest state a
+# kill can leave whatever the machine's speed (a periodic save in between would make them pass without the fix).
+STATE_PERIOD = "TUNE_GLOBAL_CHECKPOINT_S"
 
 
 def _runs(client: MlflowClient, experiment: str) -> list:
@@ -33,13 +39,18 @@ def _kill_when_held(process, checkpointed) -> None:
     assert "continue with" not in err  # it never got to say anything
 
 
-def test_a_killed_sweep_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path, ray_address: str) -> None:
+def test_a_killed_sweep_driver_resumes_without_rerunning_or_losing_trials(tmp_path: Path, ray_address: str,
+                                                                          monkeypatch: pytest.MonkeyPatch) -> None:
+    """The sweep driver killed while the third trial is held after its first epoch: Tune last saved its state at the
+    second trial's last checkpoint (its end and the third trial came after), MLflow has all of it."""
     gate, store = tmp_path / "gate", tmp_path / "mlflow.db"
     space = tmp_path / "held.yaml"
     space.write_text(f"trainable: gated\nconfig: {{epochs: 2, hold_x: 2, gate: '{gate}'}}\n"
                      "space:\n  x: {grid: [0, 1, 2, 3]}\n")
+    monkeypatch.setenv(STATE_PERIOD, "3600")  # only Tune's forced saves: its state as old as it can be
     process = start_gated_cli("orchestrator.sweep", [str(space), "--max-concurrent", "1", "--address", ray_address],
                               tmp_path)
+    monkeypatch.delenv(STATE_PERIOD)
 
     def held_trial_checkpointed() -> bool:
         _, children = child_runs(store, "held")
@@ -66,3 +77,64 @@ def test_a_killed_sweep_driver_resumes_without_rerunning_or_losing_trials(tmp_pa
     for run_id, end_time in finished_before.items():  # finished trials were not run again
         assert client.get_run(run_id).info.end_time == end_time
     assert not [r for r in _runs(client, "held") if r.info.status == "RUNNING"]
+
+
+def _uninterrupted_tokens(trials: int) -> list[list[int]]:
+    """The tokens an uninterrupted search of the test below proposes, trial by trial: the same searcher (REINFORCE,
+    seed 0, the CLI's defaults) fed what ``gated_nas_child`` reports at its last epoch, in order."""
+    import torch
+
+    from orchestrator.searchers import make_searcher
+
+    torch.set_num_threads(1)  # as the driver
+    searcher = make_searcher("reinforce", "mnasnet", {}, trials=trials, num_blocks=1, seed=0, target_ms=1.0,
+                             lr=0.01, reward_kind="soft")
+    proposed = []
+    for index in range(trials):
+        tokens = searcher.suggest(f"t{index}")["tokens"]
+        proposed.append(list(tokens))
+        searcher.on_trial_complete(f"t{index}", {"val_accuracy": min(0.99, 0.5 + 0.05 * sum(tokens) + 0.02),
+                                                 "latency_ms": 0.5 + 0.1 * sum(tokens)})
+    return proposed
+
+
+def test_a_killed_search_driver_resumes_the_same_search(tmp_path: Path, ray_address: str,
+                                                        monkeypatch: pytest.MonkeyPatch) -> None:
+    """The NAS driver killed while the third child is held before its first report: Tune's saved state has neither
+    the second child's end nor the third child (whose id the searcher drew at random), MLflow has both. The resumed
+    search trains exactly --trials children, each trial index once, each epoch once, and proposes what the
+    uninterrupted search would have (the controller's weights, baseline, optimizer and RNG come back as they were,
+    and it learns from every child exactly once)."""
+    gate = tmp_path / "gate"
+    args = ["--trainable", "gated_nas_child", "--trials", "6", "--blocks", "1", "--controller", "reinforce",
+            "--max-concurrent", "1", "--epochs-per-child", "2", "--address", ray_address,
+            "--set", f"gate={gate}", "hold_new_at=2"]
+    monkeypatch.setenv(STATE_PERIOD, "3600")  # only Tune's forced saves: its state as old as it can be
+    process = start_gated_cli("orchestrator.nas", args, tmp_path)
+    monkeypatch.delenv(STATE_PERIOD)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def children() -> list:
+        return [r for r in _runs(client, "nas") if "mlflow.parentRunId" in r.data.tags]
+
+    _kill_when_held(process, lambda: Path(f"{gate}.pid").is_file() and any(r.data.params["trial_index"] == "2"
+                                                                            for r in children()))
+    before = children()
+    assert {r.data.params["trial_index"]: r.info.status for r in before} == {"0": "FINISHED", "1": "FINISHED",
+                                                                            "2": "RUNNING"}
+    finished_before = {r.info.run_id: r.info.end_time for r in before if r.info.status == "FINISHED"}
+
+    gate.write_text("open")
+    result = run_gated_cli("orchestrator.nas", ["--resume", "--address", ray_address], tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    after = children()
+    assert sorted(int(r.data.params["trial_index"]) for r in after) == list(range(6))
+    assert all(r.info.status == "FINISHED" for r in after)
+    for run_id, end_time in finished_before.items():
+        assert client.get_run(run_id).info.end_time == end_time
+    for run in after:
+        assert _epochs(client, run) == [(1, 1.0), (2, 2.0)], f"child {run.data.params['trial_index']}"
+    tokens = {int(r.data.params["trial_index"]): [int(t) for t in r.data.params["tokens"].strip("[]").split(",")]
+              for r in after}
+    assert [tokens[i] for i in range(6)] == _uninterrupted_tokens(6)
+    assert not [r for r in _runs(client, "nas") if r.info.status == "RUNNING"]
