@@ -69,7 +69,9 @@ class Replay:
         """Whether MLflow already has this report of ``run_id`` (its run is settled, or it had the report's step)."""
         if run_id in self._settled:
             return True
-        return int(result.get("training_iteration", 0)) <= self._last_step.get(run_id, 0)
+        if run_id not in self._last_step:  # a run this session started: nothing of it was recorded before
+            return False
+        return int(result.get("training_iteration", 0)) <= self._last_step[run_id]
 
     def adopt_orphan(self, tracker: Any, trial: Any) -> list[Any]:
         """The orphan child run of ``tracker``'s parent with ``trial``'s configuration, retagged with its id (a
