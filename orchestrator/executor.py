@@ -84,6 +84,7 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
         tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     spec, base = the_plan.spec, the_plan.base_config
     tracking.check_reachable(tracking_uri)
+    cluster.check_storage(storage)
     held = runner.describe_resources(spec.name, the_plan.resources, base)
 
     # 2. Ray, then the parent run, then Tune.

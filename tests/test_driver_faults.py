@@ -1,19 +1,23 @@
-"""Faults around the driver (issue 13): a bad option, an address where no Ray runs, a trial process killed from
-outside, Tune itself failing. Each is one clear line and an exit status, and loses nothing already recorded."""
+"""Faults around the driver (issues 13 and 18): a bad option, an address where no Ray runs, a storage that cannot be
+written, a trial process killed from outside, Tune itself failing. Each is one clear line and an exit status, and
+loses nothing already recorded."""
 
 from __future__ import annotations
 
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cli, executor, nas, sweep
+from orchestrator import cli, cluster, executor, nas, sweep
 from tests.conftest import run_cli, start_gated_cli, wait_until
 from tests.test_sweep_cli import child_runs
 
@@ -108,3 +112,82 @@ def test_tune_failing_in_the_driver_is_one_line_with_the_resume_command(capsys) 
     assert code == 1 and ended == {"children": "KILLED", "parent": "FAILED"}
     assert len(err.strip().splitlines()) == 1, err
     assert "OutOfMemoryError" in err and err.strip().endswith("continue with: python -m orchestrator.sweep x --resume")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> str:
+    """A real S3 endpoint on loopback (moto's server, started and killed by pid) with one bucket, ``bucket``."""
+    import boto3
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        for _ in range(600):  # it answers within seconds; a bound on a hang, not a timing assumption
+            try:
+                s3.create_bucket(Bucket="bucket")
+                break
+            except Exception:  # noqa: BLE001 (not listening yet)
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _unwritable(tmp_path: Path, endpoint: str, where: str) -> str:
+    if where == "read-only-dir":
+        if os.geteuid() == 0:
+            pytest.skip("root writes into a mode 555 folder: no read-only folder to be had without mount rights")
+        folder = tmp_path / "read_only"
+        folder.mkdir(mode=0o555)
+        return str(folder / "rr")
+    if where == "under-a-file":
+        (tmp_path / "a_file").write_text("")
+        return str(tmp_path / "a_file" / "rr")
+    return {"proc": "/proc/x", "sysfs": "/sys/x/rr", "no-s3-endpoint": "s3://bucket/rr",
+            "no-bucket": "s3://no-such-bucket/rr"}[where]
+
+
+@pytest.mark.parametrize("where", ["proc", "sysfs", "under-a-file", "read-only-dir", "no-s3-endpoint", "no-bucket"])
+def test_storage_that_cannot_be_written_is_one_line_before_ray_or_mlflow(tmp_path: Path, capsys, monkeypatch,
+                                                                          s3_endpoint: str, where: str) -> None:
+    """Tune used to fail on its first save (a traceback, after Ray started and the parent run was recorded) or retry
+    an S3 endpoint that is not there. pyarrow, which Tune writes with, takes the endpoint from AWS_ENDPOINT_URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1" if where == "no-s3-endpoint" else s3_endpoint)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    storage = _unwritable(tmp_path, s3_endpoint, where)
+    store = tmp_path / "mlflow.db"
+    code = cli.run(sweep.main, ["sd_rates", "--storage", storage, "--tracking-uri", f"sqlite:///{store}"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USER_ERROR, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: cannot write to the storage {storage}"), err
+    assert not store.exists()  # nothing recorded for a run that never started
+    assert not list(tmp_path.rglob(".deeprepro-probe-*"))
+
+
+def test_storage_that_can_be_written_passes_the_check_and_keeps_nothing(tmp_path: Path, s3_endpoint: str,
+                                                                         monkeypatch) -> None:
+    """The other side of the check above: it is no blanket refusal, and its probe leaves nothing behind."""
+    import pyarrow.fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    cluster.check_storage(str(tmp_path / "new" / "rr"))
+    assert list(tmp_path.iterdir()) == []  # not even the storage folder: Tune makes it
+    cluster.check_storage("s3://bucket/sweeps/rr")
+    fs, _ = pyarrow.fs.FileSystem.from_uri("s3://bucket/")
+    left = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector("bucket", recursive=True))]
+    assert not [path for path in left if ".deeprepro-probe" in path], left
