@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cli, cluster, runner, tracking
+from orchestrator import cli, cluster, recovery, runner, tracking
 from trainables import registry
 
 RECORD = "sweep.json"  # beside the Tune experiment: parent run id, tracking URI, argv (what --resume reads)
@@ -84,6 +84,7 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
         tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     spec, base = the_plan.spec, the_plan.base_config
     tracking.check_reachable(tracking_uri)
+    recovery.bound_http_retries(tracking_uri)
     cluster.check_storage(storage)
     held = runner.describe_resources(spec.name, the_plan.resources, base)
 
@@ -169,12 +170,18 @@ def run_tune(tracker: tracking.SweepTracker, fit: Callable[[], Any], report: Cal
     except Exception as err:  # noqa: BLE001 (Tune itself gave up: one line and the way back, not its traceback)
         if isinstance(err, cli.user_error_types()):
             raise
+        lost = getattr(tracker, "lost", None)
+        if lost:  # nothing more can be written; the resume closes the runs left RUNNING (recovery.Replay)
+            print(f"error: {lost}; the run stopped and what it recorded before is kept; once the server is back, "
+                  f"continue with: {resume_command}", file=sys.stderr)
+            return 1
         tracker.end_running_children("KILLED")
         message = " ".join(str(err).split())[:300]
         print(f"error: Ray Tune stopped ({type(err).__name__}: {message}); what finished is recorded; "
               f"continue with: {resume_command}", file=sys.stderr)
     finally:
-        tracker.end_parent(status)
+        if not getattr(tracker, "lost", None):
+            tracker.end_parent(status)
     if status == "KILLED":
         print(f"interrupted; continue with: {resume_command}", file=sys.stderr)
         return cli.interrupted_status()

@@ -25,14 +25,85 @@ with MLflow instead, through this :class:`Replay`:
 
 A deterministic trial reports the same values on its rerun; a nondeterministic one keeps its first recorded values
 for the steps MLflow already had. What a kill costs is the compute since Tune's last save, never a record.
+
+A tracking server that goes away mid-run is the same case, on purpose: the first write that finds it gone (after
+MLflow's retries, bounded by :func:`bound_http_retries`) raises :class:`TrackingLostError` out of the Tune callback,
+which stops Tune in that step, before it saves the result MLflow did not get; every later write fails at once
+(:class:`GuardedClient`), and the executor prints one line with the resume command (exit 1). Going on without a record
+would leave results only in Tune's files, where ``compare`` does not look; stopping loses nothing, since the resume
+(once the server is back) replays what MLflow lacks and skips what it has.
 """
 
 from __future__ import annotations
 
+import os
+import re
 from collections.abc import Iterable
 from typing import Any
 
 PREVIOUS_TRIAL_ID_TAG = "ray.trial_id.before_resume"  # an adopted orphan's id in the killed driver's Tune run
+
+
+class TrackingLostError(RuntimeError):
+    """The tracking server stopped answering during a run (after MLflow's retries): the run stops, to be resumed."""
+
+
+# MLflow's client retries a request 7 times with backoff factor 2 and waits 120 s for an answer: minutes per call,
+# and a sweep makes several calls per report. A driver whose server went away should say so within a minute, not
+# hang for an hour; the bound still rides out a server restart of ~30 s (retries after 0, 2, 4, 8 and 16 s).
+HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+                       "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
+
+
+def bound_http_retries(uri: str) -> None:
+    """Apply :data:`HTTP_RETRY_DEFAULTS` for an HTTP tracking server, unless the user set those variables."""
+    if uri.startswith(("http://", "https://")):
+        for key, value in HTTP_RETRY_DEFAULTS.items():
+            os.environ.setdefault(key, value)
+
+
+def _server_unreachable(err: Exception) -> bool:
+    """MLflow's REST client gave up reaching the server (refused, reset, timed out), as opposed to an answer."""
+    text = str(err)
+    return text.startswith("API request to ") and ("failed with exception" in text
+                                                   or "failed with timeout exception" in text)
+
+
+def _why(err: Exception) -> str:
+    """The root of a REST failure in a few words ("Connection refused", "timed out"), not requests' whole chain."""
+    text = " ".join(str(err).split())
+    errno = re.search(r"\[Errno -?\d+\] ([^'\")\]]+)", text)
+    if errno:
+        return errno.group(1).strip()
+    return "timed out" if "timeout" in text.lower() else text[:120]
+
+
+class GuardedClient:
+    """An MlflowClient for an HTTP server: once a call finds the server gone (after MLflow's retries), that call and
+    every later one raise :class:`TrackingLostError` at once, so the driver stops in seconds instead of spending the
+    retries again on every write it still has to make."""
+
+    def __init__(self, client: Any, tracker: Any) -> None:
+        self._client, self._tracker = client, tracker
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            if self._tracker.lost:
+                raise TrackingLostError(self._tracker.lost)
+            try:
+                return attribute(*args, **kwargs)
+            except Exception as err:
+                if not _server_unreachable(err):
+                    raise
+                self._tracker.lost = f"the MLflow tracking server {self._tracker.tracking_uri} stopped answering " \
+                                     f"({_why(err)}, on {name})"
+                raise TrackingLostError(self._tracker.lost) from None
+
+        return call
 
 
 class Replay:

@@ -122,16 +122,19 @@ class SweepTracker:
         self.experiment_name = experiment_name
         self.parent_run_id: str | None = None
         self._client: Any = None
+        self.lost: str | None = None  # why the tracking server is gone, once a call found it gone
 
     @property
     def client(self) -> Any:
         if self._client is None:
             self._client = open_client(self.tracking_uri)
+            if self.tracking_uri.startswith(("http://", "https://")):
+                self._client = recovery.GuardedClient(self._client, self)
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment; an open sqlite engine does not pickle (nor should it).
-        return {**self.__dict__, "_client": None}
+        return {**self.__dict__, "_client": None, "lost": None}
 
     def experiment_id(self) -> str:
         experiment = self.client.get_experiment_by_name(self.experiment_name)
@@ -299,6 +302,8 @@ class MlflowTrialCallback(Callback):
         # Tune's status is not enough here: with reused actors, the shutdown after Ctrl-C marks a running trial
         # TERMINATED without on_trial_complete, and the saved experiment state still has it unfinished (a resume
         # continues it from its checkpoint and this callback closes its run then).
+        if self.tracker.lost:  # nothing can be written: the runs stay RUNNING until the resume closes them
+            return
         for trial in trials:
             run_id = self._runs.get(trial.trial_id)
             if run_id is None or run_id in self._closed or self._replay.settled(run_id):
@@ -315,6 +320,8 @@ class MlflowTrialCallback(Callback):
         exception here would leave the run RUNNING (or KILLED at the experiment's end). The sweep goes on."""
         try:
             self._log_artifacts(run_id, trial)
+        except recovery.TrackingLostError:
+            raise  # not this run's fault: the whole run stops (executor.run_tune)
         except Exception as err:  # noqa: BLE001 (whatever the artifact store raises, the run must be closed)
             status = "FAILED"
             message = f"artifact upload failed: {type(err).__name__}: {err}"

@@ -4,6 +4,7 @@ loses nothing already recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -18,7 +19,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import cli, cluster, executor, nas, sweep
-from tests.conftest import run_cli, start_gated_cli, wait_until
+from tests.conftest import run_cli, run_gated_cli, start_gated_cli, wait_until
 from tests.test_sweep_cli import child_runs
 
 
@@ -191,3 +192,81 @@ def test_storage_that_can_be_written_passes_the_check_and_keeps_nothing(tmp_path
     fs, _ = pyarrow.fs.FileSystem.from_uri("s3://bucket/")
     left = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector("bucket", recursive=True))]
     assert not [path for path in left if ".deeprepro-probe" in path], left
+
+
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on a sqlite store in ``tmp_path``, in its own process group (its workers die with it)."""
+    log = (tmp_path / f"server-{port}.log").open("a")
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, stdout=log, stderr=log, start_new_session=True)
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), "the MLflow server", server, timeout=120)
+    return server
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own loopback server)
+        return response.status == 200
+
+
+def _stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)  # the group this test started: the server and its workers
+    server.wait()
+
+
+def test_a_tracking_server_lost_mid_sweep_stops_with_the_resume_command(tmp_path: Path, ray_address: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server killed while a trial is held, then the trial reports: the sweep stops (exit 1) with one line that
+    says so and how to continue, no traceback, after at most MLflow's (bounded) retries of one write; what was
+    recorded stays. With the server back on the same store, --resume finishes with nothing lost or written twice."""
+    gate, port = tmp_path / "gate", _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    store = tmp_path / "server.db"  # read directly: the server is not always there
+    server = _mlflow_server(tmp_path, port)
+    try:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the test's patience, not the default's
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+        process = start_gated_cli("orchestrator.sweep", [str(_held_sweep(tmp_path, gate)), "--max-concurrent", "1",
+                                                         "--address", ray_address, "--tracking-uri", uri], tmp_path)
+
+        def held_trial_checkpointed() -> bool:
+            _, children = child_runs(store, "killed")
+            return any(r.data.params["x"] == "1" and "checkpoint" in r.data.tags for r in children)
+
+        wait_until(held_trial_checkpointed, "the held trial's first checkpoint", process)
+        _stop(server)
+        gate.write_text("open")
+        _, err = process.communicate(timeout=300)
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert process.returncode == 1, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert len(lines) == 1 and f"the MLflow tracking server {uri} stopped answering" in lines[0], err[-3000:]
+        resume = lines[0].split("continue with: ")[1].split()
+        parent, children = child_runs(store, "killed")
+        client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+        assert {r.data.params["x"]: r.info.status for r in children} == {"0": "FINISHED", "1": "RUNNING"}
+        assert parent.info.status == "RUNNING"  # nothing could close it: the resume does
+        held = next(r for r in children if r.data.params["x"] == "1")
+        assert [(m.step, m.value) for m in client.get_metric_history(held.info.run_id, "epoch")] == [(1, 1.0)]
+        finished = {r.info.run_id: r.info.end_time for r in children if r.info.status == "FINISHED"}
+
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+        server = _mlflow_server(tmp_path, port)  # the same store, the same address (the record names it)
+        result = run_gated_cli("orchestrator.sweep", [*resume[3:], "--address", ray_address], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        parent, children = child_runs(store, "killed")
+        assert parent.info.status == "FINISHED"
+        assert sorted(r.data.params["x"] for r in children) == ["0", "1", "2"]
+        for run in children:
+            assert run.info.status == "FINISHED"
+            epochs = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch")]
+            assert epochs == [(1, 1.0), (2, 2.0)], f"x={run.data.params['x']} reported {epochs}"
+        for run_id, end_time in finished.items():
+            assert client.get_run(run_id).info.end_time == end_time
+    finally:
+        _stop(server)
