@@ -138,3 +138,30 @@ def test_a_killed_search_driver_resumes_the_same_search(tmp_path: Path, ray_addr
               for r in after}
     assert [tokens[i] for i in range(6)] == _uninterrupted_tokens(6)
     assert not [r for r in _runs(client, "nas") if r.info.status == "RUNNING"]
+
+
+def test_a_driver_killed_before_tune_saved_anything_resumes(tmp_path: Path, ray_address: str) -> None:
+    """Killed between its MLflow record and Tune's first save of the experiment (Ray still starting): the record
+    and a RUNNING parent run exist, Tune's state does not. ``Tuner.restore`` has nothing to read; the resume starts
+    the experiment under the same name and parent run and finishes it."""
+    from orchestrator import cluster, executor, tracking
+
+    space = tmp_path / "early.yaml"
+    space.write_text("trainable: gated\nconfig: {epochs: 2}\nspace:\n  x: {grid: [0, 1]}\n")
+    name, storage, store = "early-20260101-000000", cluster.normalize_storage(str(tmp_path / "ray_results")), \
+        tmp_path / "mlflow.db"
+    # What the driver wrote before Ray was up (executor.execute, step 2), with the argv it was given.
+    tracker = tracking.SweepTracker(f"sqlite:///{store}", "early")
+    tracker.start_recorded_parent(name, {"space": "early"}, {"trainable": "gated"},
+                                  record_path=f"{storage}/{name}/{executor.RECORD}", argv=[str(space)])
+    assert tracker.client.get_run(tracker.parent_run_id).info.status == "RUNNING"
+
+    result = run_gated_cli("orchestrator.sweep", [str(space), "--resume", "--name", name, "--address", ray_address],
+                           tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    parent, children = child_runs(store, "early")
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    assert parent.info.run_id == tracker.parent_run_id and parent.info.status == "FINISHED"
+    assert sorted(r.data.params["x"] for r in children) == ["0", "1"]
+    assert all(r.info.status == "FINISHED" and _epochs(client, r) == [(1, 1.0), (2, 2.0)] for r in children)
+    assert not [r for r in _runs(client, "early") if r.info.status == "RUNNING"]
