@@ -117,12 +117,13 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class SweepTracker:
     """The parent run of one sweep, and the client every child run is written with."""
 
+    lost: str | None = None  # why the tracking server is gone, once a call found it gone (recovery.GuardedClient)
+
     def __init__(self, tracking_uri: str, experiment_name: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
         self.parent_run_id: str | None = None
         self._client: Any = None
-        self.lost: str | None = None  # why the tracking server is gone, once a call found it gone
 
     @property
     def client(self) -> Any:
@@ -227,6 +228,10 @@ class MlflowTrialCallback(Callback):
 
     def __getstate__(self) -> dict[str, Any]:
         return {**self.__dict__, "_runs": {}, "_closed": set(), "_replay": recovery.Replay()}
+
+    def __setstate__(self, state: dict[str, Any]) -> None:
+        # A callback pickled before the replay existed (an experiment started by an older version) resumes too.
+        self.__dict__.update({"_replay": recovery.Replay(), **state})
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:

@@ -197,10 +197,11 @@ def test_storage_that_can_be_written_passes_the_check_and_keeps_nothing(tmp_path
 def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
     """``mlflow server`` on a sqlite store in ``tmp_path``, in its own process group (its workers die with it)."""
     log = (tmp_path / f"server-{port}.log").open("a")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: a lighter start
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
          "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=tmp_path, stdout=log, stderr=log, start_new_session=True)
+         "--workers", "1"], cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True)
     wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), "the MLflow server", server, timeout=120)
     return server
 
