@@ -145,12 +145,14 @@ def _free_port() -> int:
         return probe.getsockname()[1]
 
 
-def _unwritable(tmp_path: Path, endpoint: str, where: str) -> str:
+def _unwritable(tmp_path: Path, where: str, request: pytest.FixtureRequest) -> str:
     if where == "read-only-dir":
-        if os.geteuid() == 0:
-            pytest.skip("root writes into a mode 555 folder: no read-only folder to be had without mount rights")
         folder = tmp_path / "read_only"
         folder.mkdir(mode=0o555)
+        if os.geteuid() == 0:  # root ignores the mode: the immutable attribute (ext4 and others) stops root too
+            if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+                pytest.skip("root writes into a mode 555 folder, and this filesystem has no immutable attribute")
+            request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
         return str(folder / "rr")
     if where == "under-a-file":
         (tmp_path / "a_file").write_text("")
@@ -160,7 +162,7 @@ def _unwritable(tmp_path: Path, endpoint: str, where: str) -> str:
 
 
 @pytest.mark.parametrize("where", ["proc", "sysfs", "under-a-file", "read-only-dir", "no-s3-endpoint", "no-bucket"])
-def test_storage_that_cannot_be_written_is_one_line_before_ray_or_mlflow(tmp_path: Path, capsys, monkeypatch,
+def test_storage_that_cannot_be_written_is_one_line_before_ray_or_mlflow(tmp_path: Path, capsys, monkeypatch, request,
                                                                           s3_endpoint: str, where: str) -> None:
     """Tune used to fail on its first save (a traceback, after Ray started and the parent run was recorded) or retry
     an S3 endpoint that is not there. pyarrow, which Tune writes with, takes the endpoint from AWS_ENDPOINT_URL."""
@@ -168,7 +170,7 @@ def test_storage_that_cannot_be_written_is_one_line_before_ray_or_mlflow(tmp_pat
     for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
         monkeypatch.setenv(key, "testing")
     monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
-    storage = _unwritable(tmp_path, s3_endpoint, where)
+    storage = _unwritable(tmp_path, where, request)
     store = tmp_path / "mlflow.db"
     code = cli.run(sweep.main, ["sd_rates", "--storage", storage, "--tracking-uri", f"sqlite:///{store}"])
     err = capsys.readouterr().err
