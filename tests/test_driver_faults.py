@@ -273,3 +273,35 @@ def test_a_tracking_server_lost_mid_sweep_stops_with_the_resume_command(tmp_path
             assert client.get_run(run_id).info.end_time == end_time
     finally:
         _stop(server)
+
+
+def test_only_an_unreachable_server_counts_as_lost() -> None:
+    """An answer from the server (a missing run, a bad request) is that call's error, as before; a request that never
+    got an answer marks the server lost, and every later call then fails at once (no retries spent again)."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator import recovery, tracking
+
+    tracker = tracking.SweepTracker("http://127.0.0.1:1", "e")
+    calls: list[str] = []
+
+    def fails(message: str):
+        def call(*args: object) -> None:
+            calls.append(message)
+            raise MlflowException(message)
+        return call
+
+    client = recovery.GuardedClient(SimpleNamespace(
+        get_run=fails("Run 'x' not found"),
+        set_tag=fails("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/set-tag failed with exception "
+                      "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded (Caused by "
+                      "NewConnectionError(\"Failed to establish a new connection: [Errno 111] Connection refused\"))"),
+    ), tracker)
+    with pytest.raises(MlflowException, match="not found"):
+        client.get_run("x")
+    assert tracker.lost is None
+    with pytest.raises(recovery.TrackingLostError, match=r"stopped answering \(Connection refused, on set_tag\)"):
+        client.set_tag("x", "k", "v")
+    with pytest.raises(recovery.TrackingLostError):
+        client.get_run("x")
+    assert len(calls) == 2  # the last call never reached the client
