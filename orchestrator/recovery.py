@@ -48,9 +48,10 @@ class TrackingLostError(RuntimeError):
     """The tracking server stopped answering during a run (after MLflow's retries): the run stops, to be resumed."""
 
 
-# MLflow's client retries a request 7 times with backoff factor 2 and waits 120 s for an answer: minutes per call,
-# and a sweep makes several calls per report. A driver whose server went away should say so within a minute, not
-# hang for an hour; the bound still rides out a server restart of ~30 s (retries after 0, 2, 4, 8 and 16 s).
+# MLflow's client retries a request 7 times with backoff factor 2 and waits 120 s for an answer: one call to a server
+# that refuses connections took 246 s here (MLflow 3.17), and a sweep makes several calls per report. A driver whose
+# server went away should say so within a minute; these took 33 s, and still ride out a server restart of ~30 s
+# (retries after 0, 2, 4, 8 and 16 s).
 HTTP_RETRY_DEFAULTS = {"MLFLOW_HTTP_REQUEST_MAX_RETRIES": "5", "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
                        "MLFLOW_HTTP_REQUEST_TIMEOUT": "30"}
 
