@@ -140,10 +140,11 @@ def test_a_killed_search_driver_resumes_the_same_search(tmp_path: Path, ray_addr
     assert not [r for r in _runs(client, "nas") if r.info.status == "RUNNING"]
 
 
-def test_a_driver_killed_before_tune_saved_anything_resumes(tmp_path: Path, ray_address: str) -> None:
+def test_a_driver_killed_before_or_after_tune_resumes(tmp_path: Path, ray_address: str) -> None:
     """Killed between its MLflow record and Tune's first save of the experiment (Ray still starting): the record
     and a RUNNING parent run exist, Tune's state does not. ``Tuner.restore`` has nothing to read; the resume starts
-    the experiment under the same name and parent run and finishes it."""
+    the experiment under the same name and parent run and finishes it. Then killed after Tune finished, before the
+    parent run was closed (the final table): the resume closes it and touches no trial."""
     from orchestrator import cluster, executor, tracking
 
     space = tmp_path / "early.yaml"
@@ -165,3 +166,13 @@ def test_a_driver_killed_before_tune_saved_anything_resumes(tmp_path: Path, ray_
     assert [r.data.params["x"] for r in children] == ["0"]
     assert all(r.info.status == "FINISHED" and _epochs(client, r) == [(1, 1.0), (2, 2.0)] for r in children)
     assert not [r for r in _runs(client, "early") if r.info.status == "RUNNING"]
+
+    client.update_run(parent.info.run_id, status="RUNNING")  # what a kill during the final table leaves
+    result = run_gated_cli("orchestrator.sweep", [str(space), "--resume", "--name", name, "--address", ray_address],
+                           tmp_path)
+    assert result.returncode == 0, result.stderr[-3000:]
+    again, children_again = child_runs(store, "early")
+    assert again.info.status == "FINISHED"
+    assert [(r.info.run_id, r.info.end_time) for r in children_again] == [(r.info.run_id, r.info.end_time)
+                                                                          for r in children]
+    assert _epochs(client, children_again[0]) == [(1, 1.0), (2, 2.0)]
