@@ -55,10 +55,10 @@ class UserError(Exception):
 def user_error_types() -> tuple[type[BaseException], ...]:
     """The orchestrator's own user errors, ConfigError, and what every trainable loaded so far declared as one
     (``register(..., user_errors=...)``: a missing dataset, an unreadable checkpoint)."""
-    from orchestrator.cluster import ClusterError, RecordError
+    from orchestrator.cluster import ClusterError, RecordError, StorageError
     from orchestrator.tracking import TrackingError
 
-    return (UserError, TrackingError, RecordError, ClusterError, *registry.user_error_types())
+    return (UserError, TrackingError, RecordError, ClusterError, StorageError, *registry.user_error_types())
 
 
 def run(main: Callable[[Sequence[str] | None], int], argv: Sequence[str] | None = None) -> int:

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 import socket
+import uuid
 from pathlib import Path
 from typing import Any
 
@@ -93,6 +94,42 @@ def normalize_storage(storage: str | None) -> str:
     if "://" in storage:
         return storage
     return str(Path(storage).expanduser().resolve())
+
+
+class StorageError(RuntimeError):
+    """Tune's storage cannot be written (a user error: one line, exit 2)."""
+
+
+def check_storage(storage: str) -> None:
+    """Fail with one line, before Ray starts or MLflow is touched, where Tune could not write its experiment state:
+    otherwise the parent run is recorded and Ray started, and Tune fails on its first save with a traceback (a local
+    path) or retries an S3 endpoint that is not there. Writes nothing that stays: a probe folder, removed again
+    (beside the storage folder when that does not exist yet, so a failed check leaves no folder behind)."""
+    import pyarrow.fs
+
+    probe_name = f".deeprepro-probe-{os.getpid()}-{uuid.uuid4().hex[:8]}"
+    if "://" not in storage:
+        existing = Path(storage)
+        while not existing.exists() and existing != existing.parent:
+            existing = existing.parent
+        if not existing.is_dir():
+            raise StorageError(f"cannot write to the storage {storage}: {existing} is a file, not a folder")
+        try:
+            (existing / probe_name).mkdir()
+            (existing / probe_name).rmdir()
+        except OSError as err:
+            raise StorageError(f"cannot write to the storage {storage}: creating a folder in {existing} failed "
+                               f"({err.strerror or err})") from None
+        return
+    hint = ("check the bucket, the endpoint (AWS_ENDPOINT_URL or ?endpoint_override=HOST:PORT&scheme=http) and the "
+            "credentials")
+    try:  # the same filesystem Tune uses (pyarrow's, from the URI) and what Tune does first: create its folder
+        fs, path = pyarrow.fs.FileSystem.from_uri(storage)
+        fs.create_dir(f"{path.rstrip('/')}/{probe_name}", recursive=True)
+        fs.delete_dir(f"{path.rstrip('/')}/{probe_name}")
+    except (OSError, ValueError, pyarrow.ArrowException) as err:
+        message = " ".join(str(err).split())[:300]
+        raise StorageError(f"cannot write to the storage {storage}: {message}; {hint}") from None
 
 
 def is_shared(storage: str) -> bool:

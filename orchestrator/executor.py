@@ -21,7 +21,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cli, cluster, runner, tracking
+from orchestrator import cli, cluster, recovery, runner, tracking
 from trainables import registry
 
 RECORD = "sweep.json"  # beside the Tune experiment: parent run id, tracking URI, argv (what --resume reads)
@@ -84,6 +84,8 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
         tracking_uri = tracking.resolve_tracking_uri(args.tracking_uri)
     spec, base = the_plan.spec, the_plan.base_config
     tracking.check_reachable(tracking_uri)
+    recovery.bound_http_retries(tracking_uri)
+    cluster.check_storage(storage)
     held = runner.describe_resources(spec.name, the_plan.resources, base)
 
     # 2. Ray, then the parent run, then Tune.
@@ -99,6 +101,13 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
     tracker = tracking.SweepTracker(tracking_uri, record["mlflow_experiment"] if record else the_plan.mlflow_experiment)
     if record:
         tracker.reopen_parent(record["parent_run_id"])
+        # A driver killed outright (kill -9, a lost node) closed nothing: its children are still RUNNING. Tune
+        # reopens those it continues; the rest must not stay RUNNING (orchestrator.recovery says what else a kill
+        # leaves and how the resumed run reconciles with MLflow).
+        stale = tracker.close_stale_children()
+        if stale:
+            print(f"{stale} trial run(s) left RUNNING by a driver that did not stop cleanly: closed as KILLED "
+                  "(the trials Tune continues reopen theirs)")
     else:
         tags = {"trainable": spec.name, "ray.experiment": folder, "command": f"{prog} {shlex.join(argv)}",
                 "resources": held, **the_plan.tags}
@@ -117,7 +126,10 @@ def build_tuner(plan: Plan, tracker: tracking.SweepTracker, storage: str, name: 
     from ray import tune
 
     trainable = runner.make_trainable(plan.spec.name, plan.resources, storage_path=storage, experiment_name=name)
-    if resume:
+    # A driver killed after it wrote the record but before Tune's first save of the experiment state leaves nothing
+    # for Tune to restore: the experiment starts again under the same name and parent run (children it recorded
+    # are adopted by configuration: orchestrator.recovery).
+    if resume and tune.Tuner.can_restore(f"{storage}/{name}"):
         # The callback (with the parent run id) and any searcher's state come back with the experiment.
         return tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
@@ -158,12 +170,18 @@ def run_tune(tracker: tracking.SweepTracker, fit: Callable[[], Any], report: Cal
     except Exception as err:  # noqa: BLE001 (Tune itself gave up: one line and the way back, not its traceback)
         if isinstance(err, cli.user_error_types()):
             raise
+        lost = getattr(tracker, "lost", None)
+        if lost:  # nothing more can be written; the resume closes the runs left RUNNING (recovery.Replay)
+            print(f"error: {lost}; the run stopped and what it recorded before is kept; once the server is back, "
+                  f"continue with: {resume_command}", file=sys.stderr)
+            return 1
         tracker.end_running_children("KILLED")
         message = " ".join(str(err).split())[:300]
         print(f"error: Ray Tune stopped ({type(err).__name__}: {message}); what finished is recorded; "
               f"continue with: {resume_command}", file=sys.stderr)
     finally:
-        tracker.end_parent(status)
+        if not getattr(tracker, "lost", None):
+            tracker.end_parent(status)
     if status == "KILLED":
         print(f"interrupted; continue with: {resume_command}", file=sys.stderr)
         return cli.interrupted_status()

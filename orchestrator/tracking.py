@@ -22,6 +22,8 @@ from typing import Any
 
 from ray.tune import Callback
 
+from orchestrator import recovery
+
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
 NODE_TAG = "ray.node_id"  # the Ray node of the trial's latest report
@@ -117,6 +119,8 @@ def flatten(config: Mapping[str, Any], prefix: str = "") -> dict[str, str]:
 class SweepTracker:
     """The parent run of one sweep, and the client every child run is written with."""
 
+    lost: str | None = None  # why the tracking server is gone, once a call found it gone (recovery.GuardedClient)
+
     def __init__(self, tracking_uri: str, experiment_name: str) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_name = experiment_name
@@ -130,13 +134,15 @@ class SweepTracker:
     def client(self) -> Any:
         if self._client is None:
             self._client = open_client(self.tracking_uri)
+            if self.tracking_uri.startswith(("http://", "https://")):
+                self._client = recovery.GuardedClient(self._client, self)
         return self._client
 
     def __getstate__(self) -> dict[str, Any]:
         # Tune pickles its callbacks with the experiment; an open sqlite engine does not pickle (nor should it).
-        # After a restore the experiment id is looked up again (the store may have changed in between), and the
-        # parent counts as reopened: its child runs are searched for.
-        return {**self.__dict__, "_client": None, "_experiment_id": None, "new_parent_run_id": None}
+        # After a restore the experiment id is looked up again (the store may have changed in between), the parent
+        # counts as reopened (its child runs are searched for), and a lost server is asked again.
+        return {**self.__dict__, "_client": None, "_experiment_id": None, "new_parent_run_id": None, "lost": None}
 
     def experiment_id(self) -> str:
         # Looked up once: the callback needs it twice per trial, and each lookup was a store query (~1 ms of the
@@ -171,6 +177,12 @@ class SweepTracker:
         self.parent_run_id = run_id
         self.client.update_run(run_id, status="RUNNING")
 
+    def close_stale_children(self) -> int:
+        """End as KILLED every child run a previous driver left RUNNING (it was killed: ``kill -9``, a lost node, a
+        tracking server that went away), before a resume starts; returns how many. Tune reopens the runs of the trials
+        it continues (:meth:`MlflowTrialCallback.run_id`); the others must not stay RUNNING for ever."""
+        return self.end_running_children("KILLED")
+
     def cut_off_children(self) -> int:
         """How many child runs ended KILLED: trials an interrupt cut off (Tune itself does not say; see
         :meth:`MlflowTrialCallback.on_experiment_end`). A resume reopens them."""
@@ -182,16 +194,18 @@ class SweepTracker:
         )
         return len(runs)
 
-    def end_running_children(self, status: str) -> None:
+    def end_running_children(self, status: str) -> int:
         """End every child run still RUNNING as ``status``: the driver stopped under them (Tune itself failed), so
         no callback will; a resume reopens them."""
         if self.parent_run_id is None:
-            return
-        for run in self.client.search_runs(
+            return 0
+        runs = self.client.search_runs(
             [self.experiment_id()], max_results=10_000,
             filter_string=f"tags.mlflow.parentRunId = '{self.parent_run_id}' and attributes.status = 'RUNNING'",
-        ):
+        )
+        for run in runs:
             self.client.set_terminated(run.info.run_id, status=status)
+        return len(runs)
 
     def end_parent(self, status: str) -> None:
         if self.parent_run_id:
@@ -221,12 +235,14 @@ class MlflowTrialCallback(Callback):
         self._closed: set[str] = set()
         self._node_history: dict[str, list[str]] = {}
         self.failed: list[str] = []
+        self._replay = recovery.Replay()  # a resume's view of what MLflow already has (see orchestrator.recovery)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}}
+        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}, "_replay": recovery.Replay()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
-        self.__dict__.update({"_node_history": {}, **state})  # a callback pickled before node tags existed
+        # A callback pickled by an older version (before the replay or node tags existed) resumes too.
+        self.__dict__.update({"_replay": recovery.Replay(), "_node_history": {}, **state})
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:
@@ -240,10 +256,12 @@ class MlflowTrialCallback(Callback):
             [self.tracker.experiment_id()],
             filter_string=f"tags.mlflow.parentRunId = '{parent}' and tags.`{TRIAL_ID_TAG}` = '{trial.trial_id}'",
             max_results=1,
-        )
+        ) or self._replay.adopt_orphan(self.tracker, trial)
         if existing:
-            run_id = existing[0].info.run_id
-            client.update_run(run_id, status="RUNNING")
+            # A resumed trial continues its run; what MLflow already has is not written again (recovery.Replay).
+            run_id = self._replay.resume_run(client, existing[0])
+            recorded = existing[0].data.tags.get(NODES_TAG, "")
+            self._node_history[run_id] = [node for node in recorded.split(",") if node]
         else:
             swept = ",".join(f"{k}={trial.config.get(k)}" for k in self.swept_keys)
             tags = {**self.tags, "mlflow.parentRunId": parent, TRIAL_ID_TAG: trial.trial_id,
@@ -255,12 +273,17 @@ class MlflowTrialCallback(Callback):
         return run_id
 
     # -- Tune hooks --------------------------------------------------------------------------------------------
+    def on_step_begin(self, iteration: int, trials: list, **info: Any) -> None:
+        self._replay.note_restored(trials)
+
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
         from mlflow.entities import Metric
 
+        if self._replay.recorded(self.run_id(trial), result):
+            return
         step = int(result.get("training_iteration", 0))
         now = int(time.time() * 1000)
         metrics = [
@@ -268,13 +291,15 @@ class MlflowTrialCallback(Callback):
             for key, value in result.items()
             if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
-        self.tracker.client.log_batch(self.run_id(trial), metrics=metrics)
-        self._tag_node(trial, result)
+        run_id = self.run_id(trial)
+        self.tracker.client.log_batch(run_id, metrics=metrics, tags=self._node_tags(run_id, result))
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
         # Where the trial's latest checkpoint is (play/compare can find it from MLflow). Tune calls this while it
         # registers the checkpoint, in the same step: from here on a resume continues from it (interrupt tests wait
         # for this tag; the metrics of a report reach MLflow before its checkpoint is registered).
+        if self._replay.recorded(self.run_id(trial), trial.last_result or {}):
+            return
         self.tracker.client.set_tag(self.run_id(trial), "checkpoint", str(checkpoint.path))
         # What the task drew at this report (a GAN's samples), kept per epoch: training's pictures over time.
         if getattr(getattr(checkpoint, "filesystem", None), "type_name", "local") == "local":
@@ -283,10 +308,13 @@ class MlflowTrialCallback(Callback):
                                 artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        self._finish(self.run_id(trial), trial, "FINISHED")
+        if not self._replay.settled(self.run_id(trial)):
+            self._finish(self.run_id(trial), trial, "FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
+        if self._replay.settled(run_id):
+            return
         error = _trial_error_text(trial)
         self.tracker.client.set_tag(run_id, "error", error[-4000:])
         self._finish(run_id, trial, "FAILED")
@@ -296,9 +324,11 @@ class MlflowTrialCallback(Callback):
         # Tune's status is not enough here: with reused actors, the shutdown after Ctrl-C marks a running trial
         # TERMINATED without on_trial_complete, and the saved experiment state still has it unfinished (a resume
         # continues it from its checkpoint and this callback closes its run then).
+        if self.tracker.lost:  # nothing can be written: the runs stay RUNNING until the resume closes them
+            return
         for trial in trials:
             run_id = self._runs.get(trial.trial_id)
-            if run_id is None or run_id in self._closed:
+            if run_id is None or run_id in self._closed or self._replay.settled(run_id):
                 continue
             if trial.status == "ERROR":
                 self.on_trial_error(0, trials, trial)
@@ -306,25 +336,20 @@ class MlflowTrialCallback(Callback):
                 self._close(run_id, "KILLED")
 
     # -- helpers -------------------------------------------------------------------------------------------------
-    def _tag_node(self, trial: Any, result: Mapping[str, Any]) -> None:
-        """Tag the run with the node the report came from when it differs from the last one (a trial's first report,
-        or its first after a retry on another node): where each trial ran, for users and the cluster tests."""
+    def _node_tags(self, run_id: str, result: Mapping[str, Any]) -> list[Any]:
+        """The run's node tags when the report comes from another node than the last one (a trial's first report, or
+        its first after a retry on another node): where each trial ran, for users and the cluster tests. Written in
+        the report's own ``log_batch``: no store call of its own."""
         from mlflow.entities import RunTag
 
         from trainables.context import NODE_ID_KEY
 
         node = result.get(NODE_ID_KEY)
-        if not node:
-            return
-        run_id = self.run_id(trial)
-        history = self._node_history.get(run_id)
-        if history is None:  # first sight in this driver: a resumed sweep continues the run's recorded history
-            recorded = self.tracker.client.get_run(run_id).data.tags.get(NODES_TAG, "")
-            history = self._node_history[run_id] = [n for n in recorded.split(",") if n]
-        if history and history[-1] == node:
-            return
+        history = self._node_history.setdefault(run_id, [])
+        if not node or (history and history[-1] == node):
+            return []
         history.append(node)
-        self.tracker.client.log_batch(run_id, tags=[RunTag(NODE_TAG, node), RunTag(NODES_TAG, ",".join(history))])
+        return [RunTag(NODE_TAG, node), RunTag(NODES_TAG, ",".join(history))]
 
     def _finish(self, run_id: str, trial: Any, status: str) -> None:
         """Upload the trial's artifacts and end its run with ``status``. A failed upload (disk full, store gone,
@@ -332,6 +357,8 @@ class MlflowTrialCallback(Callback):
         exception here would leave the run RUNNING (or KILLED at the experiment's end). The sweep goes on."""
         try:
             self._log_artifacts(run_id, trial)
+        except recovery.TrackingLostError:
+            raise  # not this run's fault: the whole run stops (executor.run_tune)
         except Exception as err:  # noqa: BLE001 (whatever the artifact store raises, the run must be closed)
             status = "FAILED"
             message = f"artifact upload failed: {type(err).__name__}: {err}"

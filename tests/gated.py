@@ -11,7 +11,8 @@ the gate, and resumes. Nothing here registers on import: :func:`register_all` do
 - ``gated_rl``: an RL-like trainable with its own placement (so ``orchestrator.rl`` offers it), budget
   ``frames``/``env_frames``, a ``--frames`` flag; held after its first report when ``hold`` is true.
 - ``gated_nas_child``: an architecture-search child with ``nas_child``'s declaration and keys; it trains nothing
-  (accuracy and latency are functions of the tokens); the child whose ``trial_index`` equals ``hold_at`` is held.
+  (accuracy and latency are functions of the tokens); the child whose ``trial_index`` equals ``hold_at`` is held
+  (after epoch 1), and the one whose ``trial_index`` equals ``hold_new_at`` before its first report.
 """
 
 from __future__ import annotations
@@ -41,21 +42,28 @@ def wait_for_gate(path: str) -> None:
 
 def _rounds(ctx: Context, total: int, report: Callable[[int], dict[str, float]],
             hold: Callable[[int], bool], gate: str) -> None:
-    """Report rounds 1..total, each with a checkpoint of the round; resume after the restored round."""
+    """Report rounds 1..total, each with a checkpoint of the round; resume after the restored round. ``hold(0)``
+    holds the trial before its first report (a new trial, as Tune's saved experiment state may not know it yet)."""
     start = 0
     with ctx.restored_checkpoint() as path:
         if path:
             with open(os.path.join(path, "round.json")) as handle:
                 start = json.load(handle)["round"]
+    if start == 0 and hold(0):
+        _hold(gate)
     for done in range(start + 1, total + 1):
         with tempfile.TemporaryDirectory() as folder:
             with open(os.path.join(folder, "round.json"), "w") as handle:
                 json.dump({"round": done}, handle)
             ctx.report(report(done), checkpoint_dir=folder)
         if hold(done):
-            with open(f"{gate}.pid", "w") as handle:  # who to kill, for a test of a trial process killed from outside
-                handle.write(str(os.getpid()))
-            wait_for_gate(gate)
+            _hold(gate)
+
+
+def _hold(gate: str) -> None:
+    with open(f"{gate}.pid", "w") as handle:  # who to kill, for a test of a trial process killed from outside
+        handle.write(str(os.getpid()))
+    wait_for_gate(gate)
 
 
 def train_gated(config: dict[str, Any], ctx: Context) -> None:
@@ -91,8 +99,11 @@ def train_gated_nas_child(config: dict[str, Any], ctx: Context) -> None:
     def report(epoch: int) -> dict[str, float]:
         return {"epoch": epoch, "val_accuracy": min(0.99, 0.5 + 0.05 * sum(tokens) + 0.01 * epoch), **size}
 
-    _rounds(ctx, config["epochs"], report, lambda epoch: epoch == 1 and config["trial_index"] == config["hold_at"],
-            config["gate"])
+    def hold(epoch: int) -> bool:
+        index = config["trial_index"]
+        return (epoch == 1 and index == config["hold_at"]) or (epoch == 0 and index == config["hold_new_at"])
+
+    _rounds(ctx, config["epochs"], report, hold, config["gate"])
 
 
 def register_all() -> list[str]:
@@ -103,7 +114,7 @@ def register_all() -> list[str]:
                       metrics={"eval_return_mean": "max"}, primary="eval_return_mean", budget=("frames", "env_frames"),
                       flags={"--frames": "frames"})(train_gated_rl)
     child = registry.get("nas_child")
-    registry.register("gated_nas_child", defaults={**child.defaults, "hold_at": -1, "gate": ""},
+    registry.register("gated_nas_child", defaults={**child.defaults, "hold_at": -1, "hold_new_at": -1, "gate": ""},
                       metrics=child.metrics, primary=child.primary,
                       tools={"architecture_search": child.tools["architecture_search"]})(train_gated_nas_child)
     return ["gated", "gated_rl", "gated_nas_child"]

@@ -1,20 +1,25 @@
-"""Faults around the driver (issue 13): a bad option, an address where no Ray runs, a trial process killed from
-outside, Tune itself failing. Each is one clear line and an exit status, and loses nothing already recorded."""
+"""Faults around the driver (issues 13 and 18): a bad option, an address where no Ray runs, a storage that cannot be
+written, a trial process killed from outside, Tune itself failing. Each is one clear line and an exit status, and
+loses nothing already recorded."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
+import subprocess
+import sys
 import threading
+import time
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 from mlflow.tracking import MlflowClient
 
-from orchestrator import cli, executor, nas, sweep
-from tests.conftest import run_cli, start_gated_cli, wait_until
+from orchestrator import cli, cluster, executor, nas, sweep
+from tests.conftest import run_cli, run_gated_cli, start_gated_cli, wait_until
 from tests.test_sweep_cli import child_runs
 
 
@@ -108,3 +113,195 @@ def test_tune_failing_in_the_driver_is_one_line_with_the_resume_command(capsys) 
     assert code == 1 and ended == {"children": "KILLED", "parent": "FAILED"}
     assert len(err.strip().splitlines()) == 1, err
     assert "OutOfMemoryError" in err and err.strip().endswith("continue with: python -m orchestrator.sweep x --resume")
+
+
+@pytest.fixture(scope="module")
+def s3_endpoint() -> str:
+    """A real S3 endpoint on loopback (moto's server, started and killed by pid) with one bucket, ``bucket``."""
+    import boto3
+
+    port = _free_port()
+    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
+                              stderr=subprocess.DEVNULL)
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
+                          region_name="us-east-1")
+        for _ in range(600):  # it answers within seconds; a bound on a hang, not a timing assumption
+            try:
+                s3.create_bucket(Bucket="bucket")
+                break
+            except Exception:  # noqa: BLE001 (not listening yet)
+                time.sleep(0.1)
+        yield endpoint
+    finally:
+        server.kill()
+        server.wait()
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def _unwritable(tmp_path: Path, where: str, request: pytest.FixtureRequest) -> str:
+    if where == "read-only-dir":
+        folder = tmp_path / "read_only"
+        folder.mkdir(mode=0o555)
+        if os.geteuid() == 0:  # root ignores the mode: the immutable attribute (ext4 and others) stops root too
+            if subprocess.run(["chattr", "+i", str(folder)], capture_output=True).returncode != 0:
+                pytest.skip("root writes into a mode 555 folder, and this filesystem has no immutable attribute")
+            request.addfinalizer(lambda: subprocess.run(["chattr", "-i", str(folder)], check=True))
+        return str(folder / "rr")
+    if where == "under-a-file":
+        (tmp_path / "a_file").write_text("")
+        return str(tmp_path / "a_file" / "rr")
+    return {"proc": "/proc/x", "sysfs": "/sys/x/rr", "no-s3-endpoint": "s3://bucket/rr",
+            "no-bucket": "s3://no-such-bucket/rr"}[where]
+
+
+@pytest.mark.parametrize("where", ["proc", "sysfs", "under-a-file", "read-only-dir", "no-s3-endpoint", "no-bucket"])
+def test_storage_that_cannot_be_written_is_one_line_before_ray_or_mlflow(tmp_path: Path, capsys, monkeypatch, request,
+                                                                          s3_endpoint: str, where: str) -> None:
+    """Tune used to fail on its first save (a traceback, after Ray started and the parent run was recorded) or retry
+    an S3 endpoint that is not there. pyarrow, which Tune writes with, takes the endpoint from AWS_ENDPOINT_URL."""
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1" if where == "no-s3-endpoint" else s3_endpoint)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
+    storage = _unwritable(tmp_path, where, request)
+    store = tmp_path / "mlflow.db"
+    code = cli.run(sweep.main, ["sd_rates", "--storage", storage, "--tracking-uri", f"sqlite:///{store}"])
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_USER_ERROR, err
+    assert len(err.strip().splitlines()) == 1 and err.startswith(f"error: cannot write to the storage {storage}"), err
+    assert not store.exists()  # nothing recorded for a run that never started
+    assert not list(tmp_path.rglob(".deeprepro-probe-*"))
+
+
+def test_storage_that_can_be_written_passes_the_check_and_keeps_nothing(tmp_path: Path, s3_endpoint: str,
+                                                                         monkeypatch) -> None:
+    """The other side of the check above: it is no blanket refusal, and its probe leaves nothing behind."""
+    import pyarrow.fs
+
+    monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
+    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.setenv(key, "testing")
+    cluster.check_storage(str(tmp_path / "new" / "rr"))
+    assert list(tmp_path.iterdir()) == []  # not even the storage folder: Tune makes it
+    cluster.check_storage("s3://bucket/sweeps/rr")
+    fs, _ = pyarrow.fs.FileSystem.from_uri("s3://bucket/")
+    left = [info.path for info in fs.get_file_info(pyarrow.fs.FileSelector("bucket", recursive=True))]
+    assert not [path for path in left if ".deeprepro-probe" in path], left
+
+
+def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
+    """``mlflow server`` on a sqlite store in ``tmp_path``, in its own process group (its workers die with it)."""
+    log = (tmp_path / f"server-{port}.log").open("a")
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: a lighter start
+    server = subprocess.Popen(
+        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
+         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
+         "--workers", "1"], cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True)
+    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), "the MLflow server", server, timeout=120)
+    return server
+
+
+def _answers(url: str) -> bool:
+    import urllib.request
+
+    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own loopback server)
+        return response.status == 200
+
+
+def _stop(server: subprocess.Popen) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.killpg(server.pid, signal.SIGKILL)  # the group this test started: the server and its workers
+    server.wait()
+
+
+def test_a_tracking_server_lost_mid_sweep_stops_with_the_resume_command(tmp_path: Path, ray_address: str,
+                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
+    """The server killed while a trial is held, then the trial reports: the sweep stops (exit 1) with one line that
+    says so and how to continue, no traceback, after at most MLflow's (bounded) retries of one write; what was
+    recorded stays. With the server back on the same store, --resume finishes with nothing lost or written twice."""
+    gate, port = tmp_path / "gate", _free_port()
+    uri = f"http://127.0.0.1:{port}"
+    store = tmp_path / "server.db"  # read directly: the server is not always there
+    server = _mlflow_server(tmp_path, port)
+    try:
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the test's patience, not the default's
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
+        process = start_gated_cli("orchestrator.sweep", [str(_held_sweep(tmp_path, gate)), "--max-concurrent", "1",
+                                                         "--address", ray_address, "--tracking-uri", uri], tmp_path)
+
+        def held_trial_checkpointed() -> bool:
+            _, children = child_runs(store, "killed")
+            return any(r.data.params["x"] == "1" and "checkpoint" in r.data.tags for r in children)
+
+        wait_until(held_trial_checkpointed, "the held trial's first checkpoint", process)
+        _stop(server)
+        gate.write_text("open")
+        _, err = process.communicate(timeout=300)
+        lines = [line for line in err.splitlines() if line.startswith("error: ")]
+        assert process.returncode == 1, err[-3000:]
+        assert "Traceback" not in err, err[-3000:]
+        assert len(lines) == 1 and f"the MLflow tracking server {uri} stopped answering" in lines[0], err[-3000:]
+        resume = lines[0].split("continue with: ")[1].split()
+        parent, children = child_runs(store, "killed")
+        client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+        assert {r.data.params["x"]: r.info.status for r in children} == {"0": "FINISHED", "1": "RUNNING"}
+        assert parent.info.status == "RUNNING"  # nothing could close it: the resume does
+        held = next(r for r in children if r.data.params["x"] == "1")
+        assert [(m.step, m.value) for m in client.get_metric_history(held.info.run_id, "epoch")] == [(1, 1.0)]
+        finished = {r.info.run_id: r.info.end_time for r in children if r.info.status == "FINISHED"}
+
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
+        monkeypatch.delenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
+        server = _mlflow_server(tmp_path, port)  # the same store, the same address (the record names it)
+        result = run_gated_cli("orchestrator.sweep", [*resume[3:], "--address", ray_address], tmp_path)
+        assert result.returncode == 0, result.stderr[-3000:]
+        parent, children = child_runs(store, "killed")
+        assert parent.info.status == "FINISHED"
+        assert sorted(r.data.params["x"] for r in children) == ["0", "1", "2"]
+        for run in children:
+            assert run.info.status == "FINISHED"
+            epochs = [(m.step, m.value) for m in client.get_metric_history(run.info.run_id, "epoch")]
+            assert epochs == [(1, 1.0), (2, 2.0)], f"x={run.data.params['x']} reported {epochs}"
+        for run_id, end_time in finished.items():
+            assert client.get_run(run_id).info.end_time == end_time
+    finally:
+        _stop(server)
+
+
+def test_only_an_unreachable_server_counts_as_lost() -> None:
+    """An answer from the server (a missing run, a bad request) is that call's error, as before; a request that never
+    got an answer marks the server lost, and every later call then fails at once (no retries spent again)."""
+    from mlflow.exceptions import MlflowException
+
+    from orchestrator import recovery, tracking
+
+    tracker = tracking.SweepTracker("http://127.0.0.1:1", "e")
+    calls: list[str] = []
+
+    def fails(message: str):
+        def call(*args: object) -> None:
+            calls.append(message)
+            raise MlflowException(message)
+        return call
+
+    client = recovery.GuardedClient(SimpleNamespace(
+        get_run=fails("Run 'x' not found"),
+        set_tag=fails("API request to http://127.0.0.1:1/api/2.0/mlflow/runs/set-tag failed with exception "
+                      "HTTPConnectionPool(host='127.0.0.1', port=1): Max retries exceeded (Caused by "
+                      "NewConnectionError(\"Failed to establish a new connection: [Errno 111] Connection refused\"))"),
+    ), tracker)
+    with pytest.raises(MlflowException, match="not found"):
+        client.get_run("x")
+    assert tracker.lost is None
+    with pytest.raises(recovery.TrackingLostError, match=r"stopped answering \(Connection refused, on set_tag\)"):
+        client.set_tag("x", "k", "v")
+    with pytest.raises(recovery.TrackingLostError):
+        client.get_run("x")
+    assert len(calls) == 2  # the last call never reached the client
