@@ -93,8 +93,8 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
     if where == cluster.EMBEDDED:
         runner.check_fits_local(spec.name, the_plan.resources, base)
     if (args.address or "ray://" in where) and not cluster.is_shared(storage):
-        print(f"warning: storage {storage} is local to this node; a multi-node cluster needs s3:// or NFS",
-              file=sys.stderr)
+        print(f"warning: storage {storage} looks local to this node; a multi-node cluster needs s3:// or a folder "
+              "every node mounts (NFS: set DEEPREPRO_SHARED_STORAGE=1 to say so)", file=sys.stderr)
     folder = f"{storage}/{name}"
     print(f"{the_plan.headline} on {where}; {held}; MLflow {tracking_uri}; storage {folder}")
 

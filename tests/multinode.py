@@ -27,16 +27,11 @@ from typing import Any
 
 import psutil
 
-LOOPBACK = "127.0.0.1"
+from tests.services import LOOPBACK, free_port
+
 # Ray marks a node dead after it misses this many health checks of this period: 5 x 1 s here instead of 5 x 3 s, so a
 # killed node's trials are retried sooner. Every node and driver of the cluster reads the same value.
 FAST_HEALTH_CHECKS = {"RAY_health_check_period_ms": "1000", "RAY_health_check_failure_threshold": "5"}
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind((LOOPBACK, 0))
-        return probe.getsockname()[1]
 
 
 def session_pids(sid: int) -> list[int]:
@@ -97,9 +92,9 @@ class LoopbackCluster:
         return node
 
     def add_worker(self, num_cpus: float, num_gpus: float = 0, resources: Mapping[str, float] | None = None) -> Node:
+        expected = len(self.alive_nodes()) + 1  # the nodes before it have joined (or died): each add waits
         node = self._start(f"worker{len(self.nodes)}", ["--address", self.address], num_cpus, num_gpus, resources,
                            None)
-        expected = len(self.nodes)
         self.wait_for(lambda: len(self.alive_nodes()) >= expected, f"{node.name} to join", timeout=90)
         return node
 

@@ -259,3 +259,25 @@ def test_docs_ray_commands_parse_with_installed_ray_cli() -> None:
             command, args = command.commands[args[0]], args[1:]
         # Raises click.UsageError on an unknown flag or a missing argument.
         command.make_context(" ".join(tokens[:2]), list(args))
+
+
+# ------------------------------------------------- the autoscaler test's twin
+
+FAKE_CLUSTER_YAML = REPO_ROOT / "tests" / "data" / "fake_cluster.yaml"
+
+
+def _node_types(config: Config) -> dict[str, tuple[Any, ...]]:
+    return {name: (node["resources"], node["min_workers"]) for name, node in config["available_node_types"].items()}
+
+
+def test_fake_cluster_declares_cluster_yamls_node_types_and_resources(raw: Config) -> None:
+    """tests/test_multinode.py drives Ray's autoscaler with tests/data/fake_cluster.yaml; it proves the cluster path
+    only while that file's node types are cluster.yaml's: same names, resources and minimum counts, same head type.
+    (Only the maximum counts, the idle timeout and the provider differ, sized for one machine.)"""
+    fake = yaml.safe_load(FAKE_CLUSTER_YAML.read_text())
+    assert _node_types(fake) == _node_types(raw)
+    assert fake["head_node_type"] == raw["head_node_type"]
+
+
+def test_fake_cluster_is_a_valid_autoscaler_config() -> None:
+    validate_config(_prepared(yaml.safe_load(FAKE_CLUSTER_YAML.read_text())))

@@ -4,14 +4,12 @@ loses nothing already recorded."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import signal
 import socket
 import subprocess
-import sys
 import threading
-import time
+from collections.abc import Iterator
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -19,6 +17,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import cli, cluster, executor, nas, sweep
+from tests import services
 from tests.conftest import run_cli, run_gated_cli, start_gated_cli, wait_until
 from tests.test_sweep_cli import child_runs
 
@@ -116,33 +115,10 @@ def test_tune_failing_in_the_driver_is_one_line_with_the_resume_command(capsys) 
 
 
 @pytest.fixture(scope="module")
-def s3_endpoint() -> str:
+def s3_endpoint() -> Iterator[str]:
     """A real S3 endpoint on loopback (moto's server, started and killed by pid) with one bucket, ``bucket``."""
-    import boto3
-
-    port = _free_port()
-    server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
-                              stderr=subprocess.DEVNULL)
-    endpoint = f"http://127.0.0.1:{port}"
-    try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1")
-        for _ in range(600):  # it answers within seconds; a bound on a hang, not a timing assumption
-            try:
-                s3.create_bucket(Bucket="bucket")
-                break
-            except Exception:  # noqa: BLE001 (not listening yet)
-                time.sleep(0.1)
+    with services.s3_server() as endpoint:
         yield endpoint
-    finally:
-        server.kill()
-        server.wait()
-
-
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
 
 
 def _unwritable(tmp_path: Path, where: str, request: pytest.FixtureRequest) -> str:
@@ -196,40 +172,15 @@ def test_storage_that_can_be_written_passes_the_check_and_keeps_nothing(tmp_path
     assert not [path for path in left if ".deeprepro-probe" in path], left
 
 
-def _mlflow_server(tmp_path: Path, port: int) -> subprocess.Popen:
-    """``mlflow server`` on a sqlite store in ``tmp_path``, in its own process group (its workers die with it)."""
-    log = (tmp_path / f"server-{port}.log").open("a")
-    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # no job runner: a lighter start
-    server = subprocess.Popen(
-        [sys.executable, "-m", "mlflow", "server", "--backend-store-uri", f"sqlite:///{tmp_path / 'server.db'}",
-         "--artifacts-destination", str(tmp_path / "artifacts"), "--host", "127.0.0.1", "--port", str(port),
-         "--workers", "1"], cwd=tmp_path, env=env, stdout=log, stderr=log, start_new_session=True)
-    wait_until(lambda: _answers(f"http://127.0.0.1:{port}/health"), "the MLflow server", server, timeout=120)
-    return server
-
-
-def _answers(url: str) -> bool:
-    import urllib.request
-
-    with urllib.request.urlopen(url, timeout=2) as response:  # noqa: S310 (our own loopback server)
-        return response.status == 200
-
-
-def _stop(server: subprocess.Popen) -> None:
-    with contextlib.suppress(ProcessLookupError):
-        os.killpg(server.pid, signal.SIGKILL)  # the group this test started: the server and its workers
-    server.wait()
-
-
 def test_a_tracking_server_lost_mid_sweep_stops_with_the_resume_command(tmp_path: Path, ray_address: str,
                                                                        monkeypatch: pytest.MonkeyPatch) -> None:
     """The server killed while a trial is held, then the trial reports: the sweep stops (exit 1) with one line that
     says so and how to continue, no traceback, after at most MLflow's (bounded) retries of one write; what was
     recorded stays. With the server back on the same store, --resume finishes with nothing lost or written twice."""
-    gate, port = tmp_path / "gate", _free_port()
+    gate, port = tmp_path / "gate", services.free_port()
     uri = f"http://127.0.0.1:{port}"
     store = tmp_path / "server.db"  # read directly: the server is not always there
-    server = _mlflow_server(tmp_path, port)
+    server = services.start_mlflow_server(tmp_path, port)
     try:
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "1")  # the test's patience, not the default's
         monkeypatch.setenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR", "0")
@@ -241,7 +192,7 @@ def test_a_tracking_server_lost_mid_sweep_stops_with_the_resume_command(tmp_path
             return any(r.data.params["x"] == "1" and "checkpoint" in r.data.tags for r in children)
 
         wait_until(held_trial_checkpointed, "the held trial's first checkpoint", process)
-        _stop(server)
+        services.stop(server)
         gate.write_text("open")
         _, err = process.communicate(timeout=300)
         lines = [line for line in err.splitlines() if line.startswith("error: ")]
@@ -259,7 +210,7 @@ def test_a_tracking_server_lost_mid_sweep_stops_with_the_resume_command(tmp_path
 
         monkeypatch.delenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES")
         monkeypatch.delenv("MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR")
-        server = _mlflow_server(tmp_path, port)  # the same store, the same address (the record names it)
+        server = services.start_mlflow_server(tmp_path, port)  # the same store, the same address (the record names it)
         result = run_gated_cli("orchestrator.sweep", [*resume[3:], "--address", ray_address], tmp_path)
         assert result.returncode == 0, result.stderr[-3000:]
         parent, children = child_runs(store, "killed")
@@ -272,7 +223,7 @@ def test_a_tracking_server_lost_mid_sweep_stops_with_the_resume_command(tmp_path
         for run_id, end_time in finished.items():
             assert client.get_run(run_id).info.end_time == end_time
     finally:
-        _stop(server)
+        services.stop(server)
 
 
 def test_only_an_unreachable_server_counts_as_lost() -> None:

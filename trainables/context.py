@@ -118,13 +118,13 @@ def _with_node(metrics: dict[str, Any]) -> dict[str, Any]:
 
 def trial_device() -> torch.device:
     """The device of a one-process trial: its GPU where Ray gave it one (``CUDA_VISIBLE_DEVICES`` then shows only that
-    GPU, so ``cuda`` is it), else the CPU. A logical GPU without CUDA (a CPU build of torch, a test cluster's
+    GPU, so ``cuda:0`` is it), else the CPU. A logical GPU without CUDA (a CPU build of torch, a test cluster's
     ``--num-gpus``) trains on the CPU and says so once."""
     import ray
 
     gpu_ids = ray.get_gpu_ids()
     if gpu_ids and torch.cuda.is_available():
-        return torch.device("cuda")
+        return torch.device("cuda", 0)  # the first visible device: the trial's own
     if gpu_ids:
         print(f"note: this trial holds GPU {gpu_ids} but torch sees no CUDA device; training on the CPU", flush=True)
     return torch.device("cpu")
