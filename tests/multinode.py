@@ -100,9 +100,10 @@ class LoopbackCluster:
 
     def _start(self, name: str, args: list[str], num_cpus: float, num_gpus: float,
                resources: Mapping[str, float] | None, env: Mapping[str, str] | None) -> Node:
-        command = ["ray", "start", "--block", *args, "--node-ip-address", LOOPBACK, "--num-cpus", str(num_cpus),
-                   "--num-gpus", str(num_gpus), "--resources", json.dumps(dict(resources or {})),
-                   "--disable-usage-stats",
+        # `ray start` through this Python (the `ray` script may not be on PATH, e.g. in a venv not activated).
+        command = [sys.executable, "-m", "ray.scripts.scripts", "start", "--block", *args,
+                   "--node-ip-address", LOOPBACK, "--num-cpus", str(num_cpus), "--num-gpus", str(num_gpus),
+                   "--resources", json.dumps(dict(resources or {})), "--disable-usage-stats",
                    # One machine, several nodes: each node's agent needs its own port (Ray's default is fixed).
                    "--dashboard-agent-listen-port", str(free_port())]
         log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 (kept open for the process's life)
