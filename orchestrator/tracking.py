@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import posixpath
 import subprocess
 import sys
 import tempfile
@@ -27,6 +28,7 @@ from orchestrator import recovery
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
 NODE_TAG = "ray.node_id"  # the Ray node of the trial's latest report
+CHECKPOINT_TAG = "checkpoint"  # the trial's latest checkpoint (its path in Tune's storage)
 NODES_TAG = "ray.nodes"  # every node the trial reported from, in order (more than one after a lost node's retry)
 # Tune's own bookkeeping keys: not metrics of the method.
 _NOT_METRICS = {
@@ -234,15 +236,17 @@ class MlflowTrialCallback(Callback):
         self._runs: dict[str, str] = {}
         self._closed: set[str] = set()
         self._node_history: dict[str, list[str]] = {}
+        self._tagged: dict[str, str] = {}  # run id -> the checkpoint path its `checkpoint` tag has (this session)
         self.failed: list[str] = []
         self._replay = recovery.Replay()  # a resume's view of what MLflow already has (see orchestrator.recovery)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}, "_replay": recovery.Replay()}
+        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}, "_tagged": {},
+                "_replay": recovery.Replay()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A callback pickled by an older version (before the replay or node tags existed) resumes too.
-        self.__dict__.update({"_replay": recovery.Replay(), "_node_history": {}, **state})
+        self.__dict__.update({"_replay": recovery.Replay(), "_node_history": {}, "_tagged": {}, **state})
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:
@@ -260,6 +264,7 @@ class MlflowTrialCallback(Callback):
         if existing:
             # A resumed trial continues its run; what MLflow already has is not written again (recovery.Replay).
             run_id = self._replay.resume_run(client, existing[0])
+            _remember_artifact_uri(existing[0], self.tracker.tracking_uri)
             recorded = existing[0].data.tags.get(NODES_TAG, "")
             self._node_history[run_id] = [node for node in recorded.split(",") if node]
         else:
@@ -268,6 +273,7 @@ class MlflowTrialCallback(Callback):
                     "ray.trial_name": str(trial), "swept": swept}
             run = client.create_run(self.tracker.experiment_id(), run_name=swept or str(trial), tags=tags)
             run_id = run.info.run_id
+            _remember_artifact_uri(run, self.tracker.tracking_uri)
             self.tracker._log_params(run_id, flatten(trial.config))
         self._runs[trial.trial_id] = run_id
         return run_id
@@ -280,7 +286,7 @@ class MlflowTrialCallback(Callback):
         self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         if self._replay.recorded(self.run_id(trial), result):
             return
@@ -292,15 +298,32 @@ class MlflowTrialCallback(Callback):
             if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         run_id = self.run_id(trial)
-        self.tracker.client.log_batch(run_id, metrics=metrics, tags=self._node_tags(run_id, result))
+        tags = self._node_tags(run_id, result)
+        checkpoint = _reported_checkpoint(trial, result)
+        if checkpoint is not None:
+            # The report's checkpoint tag rides in the same log_batch (one store call a report less, ~2 ms of the
+            # driver's loop on sqlite; bench/bookkeeping.py). The trial process persisted the checkpoint into Tune's
+            # storage before it reported, so the path exists now; Tune registers it later, when the trial actor
+            # answers its save request (on_checkpoint). A driver killed in between resumes from Tune's older
+            # checkpoint and reruns this step, which MLflow already has: recovery.Replay skips it, and the rerun
+            # writes its checkpoint to the same path (Tune's restored checkpoint index).
+            tags.append(RunTag(CHECKPOINT_TAG, checkpoint))
+            self._tagged[run_id] = checkpoint
+        # Synchronous on purpose: MLflow's async logging (synchronous=False) would leave a report only in this
+        # process's queue while Tune goes on, and Tune writes its experiment state at the end of the same step with no
+        # callback hook before the write (Callback.get_state runs after the state file is written). A kill -9 then
+        # would lose a result Tune has saved as done, which a resume never reruns.
+        self.tracker.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        # Where the trial's latest checkpoint is (play/compare can find it from MLflow). Tune calls this while it
-        # registers the checkpoint, in the same step: from here on a resume continues from it (interrupt tests wait
-        # for this tag; the metrics of a report reach MLflow before its checkpoint is registered).
-        if self._replay.recorded(self.run_id(trial), trial.last_result or {}):
+        # Where the trial's latest checkpoint is (play/compare can find it from MLflow): usually written already with
+        # the report's metrics (on_trial_result); only a checkpoint Tune registers under another path is tagged here.
+        # Interrupt tests wait for this tag: the report's metrics and its checkpoint are in MLflow.
+        run_id = self.run_id(trial)
+        if self._replay.recorded(run_id, trial.last_result or {}):
             return
-        self.tracker.client.set_tag(self.run_id(trial), "checkpoint", str(checkpoint.path))
+        if self._tagged.get(run_id) != str(checkpoint.path):
+            self.tracker.client.set_tag(run_id, CHECKPOINT_TAG, str(checkpoint.path))
         # What the task drew at this report (a GAN's samples), kept per epoch: training's pictures over time.
         if getattr(getattr(checkpoint, "filesystem", None), "type_name", "local") == "local":
             step = int((trial.last_result or {}).get("training_iteration", 0))
@@ -400,6 +423,35 @@ def _log_task_artifacts(client: Any, run_id: str, checkpoint_dir: str, artifact_
     folder = os.path.join(checkpoint_dir, TASK_ARTIFACTS)
     if os.path.isdir(folder):
         client.log_artifacts(run_id, folder, artifact_path=artifact_path)
+
+
+def _reported_checkpoint(trial: Any, result: Mapping[str, Any]) -> str | None:
+    """The path in Tune's storage of the checkpoint reported with ``result`` (``checkpoint_dir_name``, set by Tune
+    when a report carries one), as Tune's ``Checkpoint.path`` will name it; None without one."""
+    name = result.get("checkpoint_dir_name")
+    storage = getattr(trial, "storage", None)
+    if not name or storage is None:
+        return None
+    return posixpath.join(storage.trial_fs_path, name)
+
+
+def _remember_artifact_uri(run: Any, tracking_uri: str) -> None:
+    """MLflow looks a run up (``get_run``, one store query: ~2 ms of the driver's loop on sqlite) the first time an
+    artifact is logged to it, only to learn its artifact URI, and then caches the repository by run id. The run we
+    just created or found carries that URI: put it into MLflow's cache ourselves. The cache is MLflow-internal; where
+    it is missing or the repository cannot be made, nothing happens and MLflow looks the run up as before."""
+    try:
+        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+        from mlflow.tracking._tracking_service import utils
+
+        cache = utils._artifact_repos_cache
+        databricks = tracking_uri.startswith("databricks") or run.info.artifact_uri.startswith("dbfs:")
+        if run.info.run_id not in cache and not databricks:  # Databricks URIs get a profile added: MLflow's way
+            if len(cache) > 1024:  # MLflow's own bound on the cache
+                cache.popitem(last=False)
+            cache[run.info.run_id] = get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri)
+    except Exception:  # noqa: BLE001, S110 (an optimisation only: MLflow's own lookup still works)
+        pass
 
 
 def _trial_error_text(trial: Any) -> str:
