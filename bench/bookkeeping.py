@@ -25,6 +25,7 @@ import shutil
 import socket
 import tempfile
 import time
+import types
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -218,6 +219,7 @@ class StandInTrial:
     checkpoint: Any
     last_result: dict[str, Any]
     status: str = "TERMINATED"
+    storage: Any = None  # Tune's StorageContext: the callback reads trial_fs_path (where the checkpoint lies)
 
     def __str__(self) -> str:
         return f"bench_noop_{self.trial_id}"
@@ -249,8 +251,11 @@ class Store:
             now = time.time()
             result = {"loss": 0.0, "started_at": now, "body_s": 0.001, "reported_at": now, "time_total_s": 0.01,
                       "training_iteration": 1, "timestamp": int(now), "done": False, "time_this_iter_s": 0.01,
-                      "trial_id": f"t{self.trials:05d}", "hostname": socket.gethostname()}
-            trial = StandInTrial(f"t{self.trials:05d}", {"payload_kb": 64}, checkpoint, result)
+                      "trial_id": f"t{self.trials:05d}", "hostname": socket.gethostname(),
+                      # As Tune's result of a report with a checkpoint: its folder in the trial's storage.
+                      "checkpoint_dir_name": os.path.basename(checkpoint.path), "should_checkpoint": True}
+            storage = types.SimpleNamespace(trial_fs_path=os.path.dirname(checkpoint.path))
+            trial = StandInTrial(f"t{self.trials:05d}", {"payload_kb": 64}, checkpoint, result, storage=storage)
             callback.on_trial_start(0, [], trial)
             callback.on_trial_result(0, [], trial, result)
             callback.on_checkpoint(0, [], trial, checkpoint)
