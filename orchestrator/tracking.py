@@ -10,10 +10,8 @@ from __future__ import annotations
 import contextlib
 import json
 import os
-import posixpath
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -23,7 +21,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator import recovery
+from orchestrator import recovery, run_artifacts
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
@@ -264,7 +262,7 @@ class MlflowTrialCallback(Callback):
         if existing:
             # A resumed trial continues its run; what MLflow already has is not written again (recovery.Replay).
             run_id = self._replay.resume_run(client, existing[0])
-            _remember_artifact_uri(existing[0], self.tracker.tracking_uri)
+            run_artifacts.remember_artifact_uri(existing[0], self.tracker.tracking_uri)
             recorded = existing[0].data.tags.get(NODES_TAG, "")
             self._node_history[run_id] = [node for node in recorded.split(",") if node]
         else:
@@ -273,7 +271,7 @@ class MlflowTrialCallback(Callback):
                     "ray.trial_name": str(trial), "swept": swept}
             run = client.create_run(self.tracker.experiment_id(), run_name=swept or str(trial), tags=tags)
             run_id = run.info.run_id
-            _remember_artifact_uri(run, self.tracker.tracking_uri)
+            run_artifacts.remember_artifact_uri(run, self.tracker.tracking_uri)
             self.tracker._log_params(run_id, flatten(trial.config))
         self._runs[trial.trial_id] = run_id
         return run_id
@@ -299,7 +297,7 @@ class MlflowTrialCallback(Callback):
         ]
         run_id = self.run_id(trial)
         tags = self._node_tags(run_id, result)
-        checkpoint = _reported_checkpoint(trial, result)
+        checkpoint = run_artifacts.reported_checkpoint(trial, result)
         if checkpoint is not None:
             # The report's checkpoint tag rides in the same log_batch (one store call a report less, ~2 ms of the
             # driver's loop on sqlite; bench/bookkeeping.py). The trial process persisted the checkpoint into Tune's
@@ -327,7 +325,7 @@ class MlflowTrialCallback(Callback):
         # What the task drew at this report (a GAN's samples), kept per epoch: training's pictures over time.
         if getattr(getattr(checkpoint, "filesystem", None), "type_name", "local") == "local":
             step = int((trial.last_result or {}).get("training_iteration", 0))
-            _log_task_artifacts(self.tracker.client, self.run_id(trial), str(checkpoint.path),
+            run_artifacts.log_task_artifacts(self.tracker.client, self.run_id(trial), str(checkpoint.path),
                                 artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -338,7 +336,7 @@ class MlflowTrialCallback(Callback):
         run_id = self.run_id(trial)
         if self._replay.settled(run_id):
             return
-        error = _trial_error_text(trial)
+        error = run_artifacts.trial_error_text(trial)
         self.tracker.client.set_tag(run_id, "error", error[-4000:])
         self._finish(run_id, trial, "FAILED")
 
@@ -379,7 +377,7 @@ class MlflowTrialCallback(Callback):
         permissions) ends the run FAILED with the reason in its ``error`` tag: its record is incomplete, and an
         exception here would leave the run RUNNING (or KILLED at the experiment's end). The sweep goes on."""
         try:
-            self._log_artifacts(run_id, trial)
+            run_artifacts.log_trial_artifacts(self.tracker.client, run_id, trial)
         except recovery.TrackingLostError:
             raise  # not this run's fault: the whole run stops (executor.run_tune)
         except Exception as err:  # noqa: BLE001 (whatever the artifact store raises, the run must be closed)
@@ -395,68 +393,3 @@ class MlflowTrialCallback(Callback):
     def _close(self, run_id: str, status: str) -> None:
         self.tracker.client.set_terminated(run_id, status=status)
         self._closed.add(run_id)
-
-    def _log_artifacts(self, run_id: str, trial: Any) -> None:
-        client = self.tracker.client
-        with tempfile.TemporaryDirectory() as tmp:
-            config_path = Path(tmp) / "config.json"
-            config_path.write_text(json.dumps(trial.config, indent=2, default=str))
-            client.log_artifact(run_id, str(config_path))
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            with checkpoint.as_directory() as path:
-                client.log_artifacts(run_id, path, artifact_path="checkpoint")
-                _log_task_artifacts(client, run_id, path)
-        else:
-            # A Ray Train worker group reports its checkpoint's location instead of a Tune checkpoint.
-            path = (trial.last_result or {}).get("checkpoint_path")
-            if path and os.path.isdir(path):
-                client.log_artifacts(run_id, path, artifact_path="checkpoint")
-                _log_task_artifacts(client, run_id, path)
-
-
-def _log_task_artifacts(client: Any, run_id: str, checkpoint_dir: str, artifact_path: str = "task") -> None:
-    """What the task wrote beside its checkpoint (``Task.write_artifacts``: images, tables) also at the run's
-    ``task/`` (the last report's), where a user looks first, or at ``artifact_path``."""
-    from trainables.context import TASK_ARTIFACTS  # the checkpoint layout's seam (imports torch: only here)
-
-    folder = os.path.join(checkpoint_dir, TASK_ARTIFACTS)
-    if os.path.isdir(folder):
-        client.log_artifacts(run_id, folder, artifact_path=artifact_path)
-
-
-def _reported_checkpoint(trial: Any, result: Mapping[str, Any]) -> str | None:
-    """The path in Tune's storage of the checkpoint reported with ``result`` (``checkpoint_dir_name``, set by Tune
-    when a report carries one), as Tune's ``Checkpoint.path`` will name it; None without one."""
-    name = result.get("checkpoint_dir_name")
-    storage = getattr(trial, "storage", None)
-    if not name or storage is None:
-        return None
-    return posixpath.join(storage.trial_fs_path, name)
-
-
-def _remember_artifact_uri(run: Any, tracking_uri: str) -> None:
-    """MLflow looks a run up (``get_run``, one store query: ~2 ms of the driver's loop on sqlite) the first time an
-    artifact is logged to it, only to learn its artifact URI, and then caches the repository by run id. The run we
-    just created or found carries that URI: put it into MLflow's cache ourselves. The cache is MLflow-internal; where
-    it is missing or the repository cannot be made, nothing happens and MLflow looks the run up as before."""
-    try:
-        from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
-        from mlflow.tracking._tracking_service import utils
-
-        cache = utils._artifact_repos_cache
-        databricks = tracking_uri.startswith("databricks") or run.info.artifact_uri.startswith("dbfs:")
-        if run.info.run_id not in cache and not databricks:  # Databricks URIs get a profile added: MLflow's way
-            if len(cache) > 1024:  # MLflow's own bound on the cache
-                cache.popitem(last=False)
-            cache[run.info.run_id] = get_artifact_repository(run.info.artifact_uri, tracking_uri=tracking_uri)
-    except Exception:  # noqa: BLE001, S110 (an optimisation only: MLflow's own lookup still works)
-        pass
-
-
-def _trial_error_text(trial: Any) -> str:
-    for attribute in ("error_file", "pickled_error_file"):
-        path = getattr(trial, attribute, None)
-        if path and os.path.isfile(path) and not path.endswith(".pkl"):
-            return Path(path).read_text(errors="replace")
-    return str(getattr(trial, "error_msg", None) or "trial failed")
