@@ -4,10 +4,12 @@ writes per second into sqlite and into a local ``mlflow server``.
 Why: a sweep of a thousand short trials must not be dominated by our own bookkeeping. The issue's goal: at most 1.1x
 bare Tune's per-trial overhead with actor reuse on 2 CPUs, and no growth as the MLflow store fills up.
 
-Part 1, one Ray, blocks interleaved (bare, ours, ours, bare, ...), ``reuse_actors=True`` and ``max_concurrent_trials``
-= CPUs / CPU per trial in both, the sweep CLI's failure and checkpoint config: ``bare`` is trial_overhead's ``bare``
-function trial; ``ours`` is ``runner.make_trainable`` of trial_overhead's no-op ``bench_noop`` (64 KB checkpoint, one
-report) with our ``MlflowTrialCallback`` and a ``SweepTracker`` parent run per block, all blocks in one sqlite store.
+Part 1, one Ray, blocks interleaved (bare, bare+ckpt, ours, ours, bare+ckpt, bare, ...), ``reuse_actors=True`` and
+``max_concurrent_trials`` = CPUs / CPU per trial in all, the sweep CLI's failure and checkpoint config: ``ours`` is
+``runner.make_trainable`` of trial_overhead's no-op ``bench_noop`` (64 KB checkpoint, one report) with our
+``MlflowTrialCallback`` and a ``SweepTracker`` parent run per block, all blocks in one sqlite store; ``bare+ckpt``, the
+baseline of the ratios, is the same trial in plain Tune (trial_overhead's ``bare_checkpoint``: the same checkpoint
+through ``tune.report(..., checkpoint=...)``); ``bare`` (one report, no checkpoint) is a reference row.
 
 Part 2: the real callback driven by stand-in trials (its write pattern per trial) and a plain ``log_batch`` loop, into
 a fresh sqlite store and a local ``mlflow server`` (own fresh store) that the bench starts and stops, interleaved.
@@ -191,40 +193,6 @@ def profile_blocks(bench: TrialBench, trials: int) -> _common.Table:
 # -- part 2: MLflow writes per second ---------------------------------------------------------------------------
 
 
-class Counting:
-    """An MlflowClient that counts its calls by name (every call is one request to the store)."""
-
-    def __init__(self, client: Any) -> None:
-        self._client = client
-        self.calls: collections.Counter[str] = collections.Counter()
-
-    def __getattr__(self, name: str) -> Any:
-        attribute = getattr(self._client, name)
-        if not callable(attribute):
-            return attribute
-
-        def call(*args: Any, **kwargs: Any) -> Any:
-            self.calls[name] += 1
-            return attribute(*args, **kwargs)
-
-        return call
-
-
-@dataclass
-class StandInTrial:
-    """What MlflowTrialCallback reads of a Tune trial."""
-
-    trial_id: str
-    config: dict[str, Any]
-    checkpoint: Any
-    last_result: dict[str, Any]
-    status: str = "TERMINATED"
-    storage: Any = None  # Tune's StorageContext: the callback reads trial_fs_path (where the checkpoint lies)
-
-    def __str__(self) -> str:
-        return f"bench_noop_{self.trial_id}"
-
-
 class Store:
     """One tracking store of part 2 with a counted client and a parent run."""
 
@@ -233,7 +201,7 @@ class Store:
 
         self.label = label
         self.tracker = SweepTracker(uri, EXPERIMENT)
-        self.client = Counting(open_client(uri))
+        self.client = _common.Counting(open_client(uri))
         self.tracker._client = self.client
         if self.client.get_experiment_by_name(EXPERIMENT) is None:
             self.client.create_experiment(EXPERIMENT, artifact_location=artifact_location)
@@ -255,7 +223,7 @@ class Store:
                       # As Tune's result of a report with a checkpoint: its folder in the trial's storage.
                       "checkpoint_dir_name": os.path.basename(checkpoint.path), "should_checkpoint": True}
             storage = types.SimpleNamespace(trial_fs_path=os.path.dirname(checkpoint.path))
-            trial = StandInTrial(f"t{self.trials:05d}", {"payload_kb": 64}, checkpoint, result, storage=storage)
+            trial = _common.StandInTrial(f"t{self.trials:05d}", {"payload_kb": 64}, checkpoint, result, storage=storage)
             callback.on_trial_start(0, [], trial)
             callback.on_trial_result(0, [], trial, result)
             callback.on_checkpoint(0, [], trial, checkpoint)
