@@ -325,8 +325,8 @@ class MlflowTrialCallback(Callback):
         # What the task drew at this report (a GAN's samples), kept per epoch: training's pictures over time.
         if getattr(getattr(checkpoint, "filesystem", None), "type_name", "local") == "local":
             step = int((trial.last_result or {}).get("training_iteration", 0))
-            run_artifacts.log_task_artifacts(self.tracker.client, self.run_id(trial), str(checkpoint.path),
-                                artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
+            run_artifacts.log_task_artifacts(self.tracker.client, run_id, str(checkpoint.path),
+                                             artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not self._replay.settled(self.run_id(trial)):
