@@ -1,5 +1,6 @@
 """Shared helpers of the benchmarks: Ray start, robust statistics, environment notes, table printing (numbers and
-Markdown through ``orchestrator.tables``, as everywhere else in the project), a local ``mlflow server`` to measure.
+Markdown through ``orchestrator.tables``, as everywhere else in the project), a local ``mlflow server`` to measure, an
+MLflow client that counts its calls and a stand-in Tune trial (what a tracking callback reads of one).
 
 Why these exist: the machine is a shared 2-core box, so every benchmark interleaves its variants (A, B, A, B, ...)
 and reports medians and ratios instead of single absolute times; every table carries the load average seen around
@@ -9,6 +10,7 @@ the measurement, so a reader can tell a quiet run from a noisy one.
 from __future__ import annotations
 
 import argparse
+import collections
 import datetime as dt
 import os
 import platform
@@ -24,6 +26,7 @@ from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 from orchestrator.tables import fmt_number, markdown_table
 
@@ -283,3 +286,37 @@ def mlflow_server(root: str, timeout: float = 180.0) -> Iterator[tuple[str, floa
                     break
                 except subprocess.TimeoutExpired:
                     continue
+
+
+class Counting:
+    """An MlflowClient that counts its calls by name (every call is one request to the store)."""
+
+    def __init__(self, client: Any) -> None:
+        self._client = client
+        self.calls: collections.Counter[str] = collections.Counter()
+
+    def __getattr__(self, name: str) -> Any:
+        attribute = getattr(self._client, name)
+        if not callable(attribute):
+            return attribute
+
+        def call(*args: Any, **kwargs: Any) -> Any:
+            self.calls[name] += 1
+            return attribute(*args, **kwargs)
+
+        return call
+
+
+@dataclass
+class StandInTrial:
+    """What MlflowTrialCallback reads of a Tune trial."""
+
+    trial_id: str
+    config: dict[str, Any]
+    checkpoint: Any
+    last_result: dict[str, Any]
+    status: str = "TERMINATED"
+    storage: Any = None  # Tune's StorageContext: the callback reads trial_fs_path (where the checkpoint lies)
+
+    def __str__(self) -> str:
+        return f"bench_noop_{self.trial_id}"

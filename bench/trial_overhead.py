@@ -61,6 +61,18 @@ def bare(config: dict[str, Any]) -> None:
     tune.report({"x": 1})
 
 
+def bare_checkpoint(config: dict[str, Any]) -> None:
+    """``bench_noop``'s trial without anything of ours: the same 64 KB ``torch.save`` checkpoint in a temp dir,
+    reported with one result through plain ``tune.report(..., checkpoint=...)``. Against it, a ratio isolates our
+    runner, callback and tracker from the cost of a trial that checkpoints (Tune persists and registers it too)."""
+    started = time.time()
+    torch.set_num_threads(1)  # as the runner does for a 1-CPU trial
+    with tempfile.TemporaryDirectory(prefix="ckpt_") as tmp:
+        torch.save({"w": torch.zeros(int(config.get("payload_kb", 64)) * 256)}, os.path.join(tmp, "state.pt"))
+        tune.report({"loss": 0.0, "started_at": started, "body_s": time.time() - started, "reported_at": time.time()},
+                    checkpoint=tune.Checkpoint.from_directory(tmp))
+
+
 class TrialClock(Callback):
     """Driver-side timestamps of trial starts/ends, and (for the no-op) when its train function started and reported.
 

@@ -12,7 +12,6 @@ import json
 import os
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -22,11 +21,12 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator import recovery
+from orchestrator import recovery, run_artifacts
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
 NODE_TAG = "ray.node_id"  # the Ray node of the trial's latest report
+CHECKPOINT_TAG = "checkpoint"  # the trial's latest checkpoint (its path in Tune's storage)
 NODES_TAG = "ray.nodes"  # every node the trial reported from, in order (more than one after a lost node's retry)
 # Tune's own bookkeeping keys: not metrics of the method.
 _NOT_METRICS = {
@@ -234,15 +234,17 @@ class MlflowTrialCallback(Callback):
         self._runs: dict[str, str] = {}
         self._closed: set[str] = set()
         self._node_history: dict[str, list[str]] = {}
+        self._tagged: dict[str, str] = {}  # run id -> the checkpoint path its `checkpoint` tag has (this session)
         self.failed: list[str] = []
         self._replay = recovery.Replay()  # a resume's view of what MLflow already has (see orchestrator.recovery)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}, "_replay": recovery.Replay()}
+        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}, "_tagged": {},
+                "_replay": recovery.Replay()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A callback pickled by an older version (before the replay or node tags existed) resumes too.
-        self.__dict__.update({"_replay": recovery.Replay(), "_node_history": {}, **state})
+        self.__dict__.update({"_replay": recovery.Replay(), "_node_history": {}, "_tagged": {}, **state})
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:
@@ -260,6 +262,7 @@ class MlflowTrialCallback(Callback):
         if existing:
             # A resumed trial continues its run; what MLflow already has is not written again (recovery.Replay).
             run_id = self._replay.resume_run(client, existing[0])
+            run_artifacts.remember_artifact_uri(existing[0], self.tracker.tracking_uri)
             recorded = existing[0].data.tags.get(NODES_TAG, "")
             self._node_history[run_id] = [node for node in recorded.split(",") if node]
         else:
@@ -268,6 +271,7 @@ class MlflowTrialCallback(Callback):
                     "ray.trial_name": str(trial), "swept": swept}
             run = client.create_run(self.tracker.experiment_id(), run_name=swept or str(trial), tags=tags)
             run_id = run.info.run_id
+            run_artifacts.remember_artifact_uri(run, self.tracker.tracking_uri)
             self.tracker._log_params(run_id, flatten(trial.config))
         self._runs[trial.trial_id] = run_id
         return run_id
@@ -280,7 +284,7 @@ class MlflowTrialCallback(Callback):
         self.run_id(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
-        from mlflow.entities import Metric
+        from mlflow.entities import Metric, RunTag
 
         if self._replay.recorded(self.run_id(trial), result):
             return
@@ -292,20 +296,37 @@ class MlflowTrialCallback(Callback):
             if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         run_id = self.run_id(trial)
-        self.tracker.client.log_batch(run_id, metrics=metrics, tags=self._node_tags(run_id, result))
+        tags = self._node_tags(run_id, result)
+        checkpoint = run_artifacts.reported_checkpoint(trial, result)
+        if checkpoint is not None:
+            # The report's checkpoint tag rides in the same log_batch (one store call a report less, ~2 ms of the
+            # driver's loop on sqlite; bench/bookkeeping.py). The trial process persisted the checkpoint into Tune's
+            # storage before it reported, so the path exists now; Tune registers it later, when the trial actor
+            # answers its save request (on_checkpoint). A driver killed in between resumes from Tune's older
+            # checkpoint and reruns this step, which MLflow already has: recovery.Replay skips it, and the rerun
+            # writes its checkpoint to the same path (Tune's restored checkpoint index).
+            tags.append(RunTag(CHECKPOINT_TAG, checkpoint))
+            self._tagged[run_id] = checkpoint
+        # Synchronous on purpose: MLflow's async logging (synchronous=False) would leave a report only in this
+        # process's queue while Tune goes on, and Tune writes its experiment state at the end of the same step with no
+        # callback hook before the write (Callback.get_state runs after the state file is written). A kill -9 then
+        # would lose a result Tune has saved as done, which a resume never reruns.
+        self.tracker.client.log_batch(run_id, metrics=metrics, tags=tags)
 
     def on_checkpoint(self, iteration: int, trials: list, trial: Any, checkpoint: Any, **info: Any) -> None:
-        # Where the trial's latest checkpoint is (play/compare can find it from MLflow). Tune calls this while it
-        # registers the checkpoint, in the same step: from here on a resume continues from it (interrupt tests wait
-        # for this tag; the metrics of a report reach MLflow before its checkpoint is registered).
-        if self._replay.recorded(self.run_id(trial), trial.last_result or {}):
+        # Where the trial's latest checkpoint is (play/compare can find it from MLflow): usually written already with
+        # the report's metrics (on_trial_result); only a checkpoint Tune registers under another path is tagged here.
+        # Interrupt tests wait for this tag: the report's metrics and its checkpoint are in MLflow.
+        run_id = self.run_id(trial)
+        if self._replay.recorded(run_id, trial.last_result or {}):
             return
-        self.tracker.client.set_tag(self.run_id(trial), "checkpoint", str(checkpoint.path))
+        if self._tagged.get(run_id) != str(checkpoint.path):
+            self.tracker.client.set_tag(run_id, CHECKPOINT_TAG, str(checkpoint.path))
         # What the task drew at this report (a GAN's samples), kept per epoch: training's pictures over time.
         if getattr(getattr(checkpoint, "filesystem", None), "type_name", "local") == "local":
             step = int((trial.last_result or {}).get("training_iteration", 0))
-            _log_task_artifacts(self.tracker.client, self.run_id(trial), str(checkpoint.path),
-                                artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
+            run_artifacts.log_task_artifacts(self.tracker.client, run_id, str(checkpoint.path),
+                                             artifact_path=f"{TASK_HISTORY}/epoch_{step:03d}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         if not self._replay.settled(self.run_id(trial)):
@@ -315,7 +336,7 @@ class MlflowTrialCallback(Callback):
         run_id = self.run_id(trial)
         if self._replay.settled(run_id):
             return
-        error = _trial_error_text(trial)
+        error = run_artifacts.trial_error_text(trial)
         self.tracker.client.set_tag(run_id, "error", error[-4000:])
         self._finish(run_id, trial, "FAILED")
 
@@ -356,7 +377,7 @@ class MlflowTrialCallback(Callback):
         permissions) ends the run FAILED with the reason in its ``error`` tag: its record is incomplete, and an
         exception here would leave the run RUNNING (or KILLED at the experiment's end). The sweep goes on."""
         try:
-            self._log_artifacts(run_id, trial)
+            run_artifacts.log_trial_artifacts(self.tracker.client, run_id, trial)
         except recovery.TrackingLostError:
             raise  # not this run's fault: the whole run stops (executor.run_tune)
         except Exception as err:  # noqa: BLE001 (whatever the artifact store raises, the run must be closed)
@@ -372,39 +393,3 @@ class MlflowTrialCallback(Callback):
     def _close(self, run_id: str, status: str) -> None:
         self.tracker.client.set_terminated(run_id, status=status)
         self._closed.add(run_id)
-
-    def _log_artifacts(self, run_id: str, trial: Any) -> None:
-        client = self.tracker.client
-        with tempfile.TemporaryDirectory() as tmp:
-            config_path = Path(tmp) / "config.json"
-            config_path.write_text(json.dumps(trial.config, indent=2, default=str))
-            client.log_artifact(run_id, str(config_path))
-        checkpoint = trial.checkpoint
-        if checkpoint is not None:
-            with checkpoint.as_directory() as path:
-                client.log_artifacts(run_id, path, artifact_path="checkpoint")
-                _log_task_artifacts(client, run_id, path)
-        else:
-            # A Ray Train worker group reports its checkpoint's location instead of a Tune checkpoint.
-            path = (trial.last_result or {}).get("checkpoint_path")
-            if path and os.path.isdir(path):
-                client.log_artifacts(run_id, path, artifact_path="checkpoint")
-                _log_task_artifacts(client, run_id, path)
-
-
-def _log_task_artifacts(client: Any, run_id: str, checkpoint_dir: str, artifact_path: str = "task") -> None:
-    """What the task wrote beside its checkpoint (``Task.write_artifacts``: images, tables) also at the run's
-    ``task/`` (the last report's), where a user looks first, or at ``artifact_path``."""
-    from trainables.context import TASK_ARTIFACTS  # the checkpoint layout's seam (imports torch: only here)
-
-    folder = os.path.join(checkpoint_dir, TASK_ARTIFACTS)
-    if os.path.isdir(folder):
-        client.log_artifacts(run_id, folder, artifact_path=artifact_path)
-
-
-def _trial_error_text(trial: Any) -> str:
-    for attribute in ("error_file", "pickled_error_file"):
-        path = getattr(trial, attribute, None)
-        if path and os.path.isfile(path) and not path.endswith(".pkl"):
-            return Path(path).read_text(errors="replace")
-    return str(getattr(trial, "error_msg", None) or "trial failed")
