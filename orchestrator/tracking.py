@@ -22,7 +22,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator import recovery
+from orchestrator import mlflow_ui, recovery
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
@@ -151,6 +151,7 @@ class SweepTracker:
             experiment = self.client.get_experiment_by_name(self.experiment_name)
             self._experiment_id = (experiment.experiment_id if experiment is not None
                                    else self.client.create_experiment(self.experiment_name))
+            mlflow_ui.mark_model_training(self.client, self._experiment_id, experiment)  # the UI's runs view
         return self._experiment_id
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -355,6 +356,7 @@ class MlflowTrialCallback(Callback):
         """Upload the trial's artifacts and end its run with ``status``. A failed upload (disk full, store gone,
         permissions) ends the run FAILED with the reason in its ``error`` tag: its record is incomplete, and an
         exception here would leave the run RUNNING (or KILLED at the experiment's end). The sweep goes on."""
+        mlflow_ui.log_final_and_best(self.tracker.client, run_id, getattr(self, "summary_metrics", ()))
         try:
             self._log_artifacts(run_id, trial)
         except recovery.TrackingLostError:
