@@ -109,7 +109,9 @@ class Chromium:
     def navigate(self, url: str) -> None:
         """Load ``url`` and wait for its load event (a single-page app renders after it: :meth:`wait_for`)."""
         seen = len(self.events)
-        self.call("Page.navigate", {"url": url}, self.session)
+        answer = self.call("Page.navigate", {"url": url}, self.session)
+        if "loaderId" not in answer:  # a same-document navigation (only the #fragment changed): no load event
+            return
         if not any(e.get("method") == "Page.loadEventFired" for e in self.events[seen:]):
             self._until(lambda m: m.get("method") == "Page.loadEventFired", time.time() + self.timeout)
 
