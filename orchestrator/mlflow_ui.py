@@ -109,7 +109,16 @@ def describe_sweep(plan: Plan, *, command: str, resources: str, where: str, fold
     import yaml
 
     metric, mode = plan.params.get("metric"), plan.params.get("mode")
-    space = yaml.safe_dump(_plain(plan.search), sort_keys=False, default_flow_style=None, width=100).strip()
+    def flow(value: Any) -> str:  # one line, as a space file writes it: {grid: [0.2, 0.5]}
+        return yaml.safe_dump(value, default_flow_style=True, width=1000).strip().removesuffix("\n...").strip()
+
+    lines_of_space = []
+    for key, value in _plain(plan.search).items():
+        if isinstance(value, dict) and value:  # one line per searched key
+            lines_of_space += [f"{flow(key)}:", *(f"  {flow(k)}: {flow(v)}" for k, v in value.items())]
+        else:
+            lines_of_space.append(f"{flow(key)}: {flow(value)}")
+    space = "\n".join(lines_of_space)
     lines = [
         f"**{plan.headline}**",
         "",

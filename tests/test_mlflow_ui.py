@@ -61,7 +61,7 @@ def test_the_sweep_marks_its_experiment_and_explains_its_parent_run(served: dict
     assert f"#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning" in served["stdout"]
     note = parent.data.tags[mlflow_ui.NOTE_TAG]
     assert "python -m orchestrator.sweep" in note and "--address" in note  # the command line
-    assert "grid: [0, 1, 2]" in note and "seeds: 2" in note  # the search space
+    assert "  x: {grid: [0, 1, 2]}" in note and "seeds: 2" in note  # the search space
     assert "1 CPU" in note  # the resources
     results = note.split(mlflow_ui.RESULTS_HEADING, 1)[1]
     # Ranked best first (gated: val_error = x / 10 + 1 / epoch, the same for both seeds): mean ± std over 2 seeds.
