@@ -17,11 +17,11 @@ import datetime as dt
 import shlex
 import sys
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from orchestrator import cli, cluster, recovery, runner, tracking
+from orchestrator import cli, cluster, mlflow_ui, recovery, runner, tracking
 from trainables import registry
 
 RECORD = "sweep.json"  # beside the Tune experiment: parent run id, tracking URI, argv (what --resume reads)
@@ -58,6 +58,8 @@ class Plan:
     setup: Callable[[tracking.SweepTracker, str], TuneSetup]  # (tracker, experiment folder) -> Tune's parts
     report: Callable[[Any, tracking.SweepTracker, str], None]  # (ResultGrid, tracker, experiment folder)
     max_failures: int = DEFAULT_MAX_FAILURES
+    search: dict[str, Any] = field(default_factory=dict)  # what varies between trials (the parent's description)
+    compare_flags: list[str] = field(default_factory=list)  # extra plots at the end, e.g. --pareto (mlflow_ui)
 
 
 def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[str]], argparse.Namespace],
@@ -111,15 +113,22 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
     else:
         tags = {"trainable": spec.name, "ray.experiment": folder, "command": f"{prog} {shlex.join(argv)}",
                 "resources": held, **the_plan.tags}
+        tags[mlflow_ui.NOTE_TAG] = mlflow_ui.describe_sweep(the_plan, command=tags["command"], resources=held,
+                                                            where=where, folder=folder)
         tracker.start_recorded_parent(name, the_plan.params, tags, record_path=f"{folder}/{RECORD}", argv=argv)
+    print(f"MLflow UI: {mlflow_ui.runs_page(tracking_uri, tracker.experiment_id())}")
 
     def fit() -> Any:  # built inside run_tune, so a failed restore also closes the parent run
         return build_tuner(the_plan, tracker, storage, name, resume=bool(record)).fit()
 
     resume = shlex.join([*prog.split(), *([label] if label else []), "--resume", "--name", name,
                          *(["--storage", storage] if args.storage else [])])
-    return run_tune(tracker, fit, lambda results: the_plan.report(results, tracker, folder), the_plan.num_trials,
-                    resume)
+
+    def report(results: Any) -> None:  # the command's own report, then the parent run's ranking and plots
+        the_plan.report(results, tracker, folder)
+        mlflow_ui.finish_parent(tracker, the_plan)
+
+    return run_tune(tracker, fit, report, the_plan.num_trials, resume)
 
 
 def build_tuner(plan: Plan, tracker: tracking.SweepTracker, storage: str, name: str, *, resume: bool) -> Any:
@@ -134,6 +143,7 @@ def build_tuner(plan: Plan, tracker: tracking.SweepTracker, storage: str, name: 
         return tune.Tuner.restore(f"{storage}/{name}", trainable=trainable, resume_unfinished=True,
                                   resume_errored=True)
     setup = plan.setup(tracker, f"{storage}/{name}")
+    setup.callback.summary_metrics = mlflow_ui.summary_metrics(plan)  # final/ and best/ metrics on each trial's run
     return tune.Tuner(
         trainable,
         param_space=setup.param_space,

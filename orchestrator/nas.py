@@ -160,6 +160,11 @@ def plan(args: argparse.Namespace) -> executor.Plan:
                 "metric": "reward", "mode": "max",  # what orchestrator.compare ranks by
                 "target_ms": args.target_ms, "search_seed": args.seed, "epochs_per_child": args.epochs_per_child},
         tags={"search_space": f"nas_{space}", "controller": args.controller}, setup=setup, report=report,
+        search={"architecture space": space, "blocks": args.blocks or "the space's default",
+                "controller": args.controller, "trials": args.trials, "reward": args.reward,
+                "target_ms": args.target_ms, "budget per child": f"{args.epochs_per_child} {spec.budget[0]}"},
+        # The parent run gets the accuracy/latency Pareto front and the reward over trials drawn by compare.
+        compare_flags=["--pareto", f"{search.accuracy}:max,{search.latency}:min", "--reward", "reward:max"],
     )
 
 

@@ -120,6 +120,8 @@ def plan(args: argparse.Namespace, load: Callable[[argparse.Namespace], spaces.S
         headline=headline,
         params={**space.fixed, "space": space.name, "metric": space.metric, "mode": space.mode},
         tags=tags, setup=setup, report=report, max_failures=args.max_failures,
+        search={"space": space.searched, "seeds": space.seeds,
+                **({"samples": space.samples} if space.samples > 1 else {}), "scheduler": space.scheduler},
     )
 
 

@@ -21,7 +21,7 @@ from typing import Any
 
 from ray.tune import Callback
 
-from orchestrator import recovery, run_artifacts
+from orchestrator import mlflow_ui, recovery, run_artifacts
 
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"
 TRIAL_ID_TAG = "ray.trial_id"
@@ -151,6 +151,7 @@ class SweepTracker:
             experiment = self.client.get_experiment_by_name(self.experiment_name)
             self._experiment_id = (experiment.experiment_id if experiment is not None
                                    else self.client.create_experiment(self.experiment_name))
+            mlflow_ui.mark_model_training(self.client, self._experiment_id, experiment)  # the UI's runs view
         return self._experiment_id
 
     def start_parent(self, run_name: str, params: Mapping[str, Any], tags: Mapping[str, str]) -> str:
@@ -235,16 +236,19 @@ class MlflowTrialCallback(Callback):
         self._closed: set[str] = set()
         self._node_history: dict[str, list[str]] = {}
         self._tagged: dict[str, str] = {}  # run id -> the checkpoint path its `checkpoint` tag has (this session)
+        self.summary_metrics: list[tuple[str, str]] = []  # (metric, min|max) with final/ and best/ values per run
+        self._best: dict[str, dict[str, float]] = {}  # run id -> metric -> best so far
         self.failed: list[str] = []
         self._replay = recovery.Replay()  # a resume's view of what MLflow already has (see orchestrator.recovery)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}, "_tagged": {},
+        return {**self.__dict__, "_runs": {}, "_closed": set(), "_node_history": {}, "_tagged": {}, "_best": {},
                 "_replay": recovery.Replay()}
 
     def __setstate__(self, state: dict[str, Any]) -> None:
         # A callback pickled by an older version (before the replay or node tags existed) resumes too.
-        self.__dict__.update({"_replay": recovery.Replay(), "_node_history": {}, "_tagged": {}, **state})
+        self.__dict__.update({"_replay": recovery.Replay(), "_node_history": {}, "_tagged": {}, "_best": {},
+                              "summary_metrics": [], **state})
 
     # -- runs ------------------------------------------------------------------------------------------------
     def run_id(self, trial: Any) -> str:
@@ -265,6 +269,7 @@ class MlflowTrialCallback(Callback):
             run_artifacts.remember_artifact_uri(existing[0], self.tracker.tracking_uri)
             recorded = existing[0].data.tags.get(NODES_TAG, "")
             self._node_history[run_id] = [node for node in recorded.split(",") if node]
+            self._best[run_id] = mlflow_ui.recorded_best(self.summary_metrics, existing[0].data.metrics)
         else:
             swept = ",".join(f"{k}={trial.config.get(k)}" for k in self.swept_keys)
             tags = {**self.tags, "mlflow.parentRunId": parent, TRIAL_ID_TAG: trial.trial_id,
@@ -296,6 +301,7 @@ class MlflowTrialCallback(Callback):
             if key not in _NOT_METRICS and isinstance(value, (int, float)) and not isinstance(value, bool)
         ]
         run_id = self.run_id(trial)
+        metrics += mlflow_ui.final_and_best(self.summary_metrics, result, self._best.setdefault(run_id, {}), step, now)
         tags = self._node_tags(run_id, result)
         checkpoint = run_artifacts.reported_checkpoint(trial, result)
         if checkpoint is not None:

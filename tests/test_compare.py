@@ -4,12 +4,8 @@ Chromium, and the same table through an `mlflow server` over REST."""
 
 from __future__ import annotations
 
-import fcntl
-import json
 import math
 import os
-import select
-import shutil
 import signal
 import socket
 import subprocess
@@ -26,6 +22,7 @@ from mlflow.entities import Metric, Param
 from mlflow.tracking import MlflowClient
 
 from orchestrator import cli, compare, stats
+from tests.browser import CHROMIUM, CHROMIUM_FLAGS, render_in_chromium
 from tests.conftest import cli_env, run_cli
 from trainables import registry
 
@@ -41,9 +38,6 @@ FINAL = {
 NAS = [(0.90, 10.0), (0.92, 20.0), (0.95, 40.0), (0.89, 15.0), (0.91, 25.0), (0.96, 80.0), (0.94, 50.0)]
 NAS_FRONT = {"t0", "t1", "t2", "t5"}
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
 
 
 def history(final: float, seed: int) -> list[float]:
@@ -380,84 +374,6 @@ def assert_non_blank_png(path: Path) -> np.ndarray:
     colours = np.unique((pixels * 255).astype(np.uint8).reshape(-1, 3), axis=0)
     assert len(colours) > 20 and pixels.std() > 0.02, f"{path} looks blank"
     return pixels
-
-
-def render_in_chromium(page: Path, profile: Path, timeout: float = 60) -> tuple[list, list]:
-    """Load ``page`` in headless Chromium over the DevTools protocol (``--remote-debugging-pipe``: fd 3 in, fd 4
-    out, NUL-terminated JSON). Returns (per image [complete, naturalWidth, naturalHeight], the console errors:
-    console.error calls, uncaught exceptions and error log entries such as blocked or failed loads)."""
-    to_chrome_r, to_chrome_w = os.pipe()
-    from_chrome_r, from_chrome_w = os.pipe()
-    # Above fd 4, so that dup2 onto 3 and 4 in the child neither clobbers them nor is a no-op (a no-op keeps
-    # close-on-exec set and Chromium finds no pipe).
-    child_in = fcntl.fcntl(to_chrome_r, fcntl.F_DUPFD_CLOEXEC, 10)
-    child_out = fcntl.fcntl(from_chrome_w, fcntl.F_DUPFD_CLOEXEC, 10)
-    os.close(to_chrome_r)
-    os.close(from_chrome_w)
-
-    def wire_pipes() -> None:
-        os.dup2(child_in, 3)
-        os.dup2(child_out, 4)
-
-    process = subprocess.Popen([CHROMIUM, *CHROMIUM_FLAGS, f"--user-data-dir={profile}", "--remote-debugging-pipe"],
-                               close_fds=False, preexec_fn=wire_pipes, stdout=subprocess.DEVNULL,
-                               stderr=subprocess.DEVNULL)
-    os.close(child_in)
-    os.close(child_out)
-    buffer, events, counter = b"", [], [0]
-    deadline = time.time() + timeout
-
-    def until(predicate):  # noqa: ANN001, ANN202
-        nonlocal buffer
-        while time.time() < deadline:
-            while b"\0" in buffer:
-                raw, buffer = buffer.split(b"\0", 1)
-                message = json.loads(raw)
-                if "method" in message:
-                    events.append(message)
-                if predicate(message):
-                    return message
-            if select.select([from_chrome_r], [], [], 1)[0]:
-                chunk = os.read(from_chrome_r, 1 << 20)
-                if not chunk:
-                    raise RuntimeError("chromium closed the DevTools pipe")
-                buffer += chunk
-        raise TimeoutError("no answer from chromium")
-
-    def call(method: str, params: dict | None = None, session: str | None = None) -> dict:
-        counter[0] += 1
-        message = {"id": counter[0], "method": method, "params": params or {}}
-        if session:
-            message["sessionId"] = session
-        os.write(to_chrome_w, json.dumps(message).encode() + b"\0")
-        answer = until(lambda m: m.get("id") == message["id"])
-        assert "error" not in answer, answer
-        return answer["result"]
-
-    try:
-        target = call("Target.createTarget", {"url": "about:blank"})["targetId"]
-        session = call("Target.attachToTarget", {"targetId": target, "flatten": True})["sessionId"]
-        for domain in ("Page", "Runtime", "Log"):
-            call(f"{domain}.enable", session=session)
-        call("Page.navigate", {"url": page.resolve().as_uri()}, session)
-        until(lambda m: m.get("method") == "Page.loadEventFired")
-        probe = "JSON.stringify(Array.from(document.images, i => [i.complete, i.naturalWidth, i.naturalHeight]))"
-        images = json.loads(call("Runtime.evaluate", {"expression": probe, "returnByValue": True},
-                                 session)["result"]["value"])
-        call("Browser.close")
-    finally:
-        try:
-            process.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            process.wait()
-        os.close(from_chrome_r)
-        os.close(to_chrome_w)
-    errors = [e for e in events
-              if (e["method"] == "Runtime.consoleAPICalled" and e["params"]["type"] in ("error", "assert"))
-              or e["method"] == "Runtime.exceptionThrown"
-              or (e["method"] == "Log.entryAdded" and e["params"]["entry"]["level"] == "error")]
-    return images, errors
 
 
 @pytest.mark.skipif(not Path(CHROMIUM).exists(), reason="chromium is not installed (apt-get install -y chromium)")
