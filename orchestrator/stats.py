@@ -123,3 +123,17 @@ def pareto_front(frame: pd.DataFrame, x: str, y: str, x_mode: str = "min", y_mod
     done = frame.dropna(subset=[x, y])
     mask = pareto_mask(done[[x, y]].to_numpy(), [x_mode == "max", y_mode == "max"])
     return done[mask].sort_values([x, y], ascending=[x_mode == "min", y_mode == "min"], kind="stable")
+
+
+def welch_interval(a: Iterable[float], b: Iterable[float], level: float = LEVEL) -> tuple[float, float]:
+    """Welch t-interval of mean(a) - mean(b) (scipy's, Welch-Satterthwaite degrees of freedom), the interval that
+    matches :func:`welch_p`; (NaN, NaN) when a sample has < 2 values or neither has any spread."""
+    from scipy import stats
+
+    a, b = _finite(a), _finite(b)
+    if len(a) < 2 or len(b) < 2 or (a.std() == 0 and b.std() == 0):
+        return (math.nan, math.nan)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)
+        low, high = stats.ttest_ind(a, b, equal_var=False).confidence_interval(level)
+    return (float(low), float(high))
