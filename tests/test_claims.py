@@ -1,0 +1,123 @@
+"""Claims as code (issue 20): decide() on hand-built frames shaped like mlflow.search_runs output, the registry."""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from orchestrator import claims
+from orchestrator.claims import ClaimError, better, decide, get_claim, trend
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def frame(arms: dict[str, list[float]], key: str = "roi_op", metric: str = "test_mask_ap",
+          seeds: list[int] | None = None) -> pd.DataFrame:
+    """One row per run as mlflow.search_runs gives it: params are strings, metrics floats, a status column."""
+    rows = []
+    for value, metrics in arms.items():
+        for i, m in enumerate(metrics):
+            seed = seeds[i] if seeds else i
+            rows.append({"run_id": f"{value}-{seed}", "status": "FINISHED", f"params.{key}": value,
+                         "params.seed": str(seed), f"metrics.{metric}": m, "tags.trainable": "mask_rcnn"})
+    return pd.DataFrame(rows)
+
+
+ROI = better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"})
+
+
+def test_clear_win_is_reproduced() -> None:
+    v = decide(ROI, frame({"align": [0.72, 0.73, 0.74], "pool": [0.52, 0.51, 0.54]}))
+    assert v.outcome == "reproduced"
+    assert v.effect == pytest.approx(0.73 - 1.57 / 3)
+    assert 0 < v.interval[0] < v.effect < v.interval[1]
+    assert v.p < 0.05 and (v.n_a, v.n_b) == (3, 3) and v.test == "Welch t-test"
+
+
+def test_clear_loss_is_not_reproduced_and_min_mode_flips_the_sign() -> None:
+    v = decide(ROI, frame({"align": [0.50, 0.52, 0.51], "pool": [0.70, 0.72, 0.71]}))
+    assert v.outcome == "not reproduced" and v.effect < 0 and v.interval[1] < 0
+    # the same numbers as an error (lower is better): align's lower values are now the claimed win
+    error = better("test_mask_ap", "min", a={"roi_op": "align"}, b={"roi_op": "pool"})
+    v = decide(error, frame({"align": [0.50, 0.52, 0.51], "pool": [0.70, 0.72, 0.71]}))
+    assert v.outcome == "reproduced" and v.effect == pytest.approx(0.2)
+
+
+def test_tie_is_inconclusive() -> None:
+    v = decide(ROI, frame({"align": [0.60, 0.70, 0.65], "pool": [0.66, 0.61, 0.69]}))
+    assert v.outcome == "inconclusive"
+    assert v.interval[0] < 0 < v.interval[1] and v.p > 0.05
+
+
+def test_fewer_than_three_runs_an_arm_give_no_verdict() -> None:
+    runs = frame({"align": [0.9, 0.91], "pool": [0.1, 0.11, 0.12]})
+    v = decide(ROI, runs)
+    assert v.outcome == "too few runs" and (v.n_a, v.n_b) == (2, 3) and math.isnan(v.effect)
+    # a failed run is not a run of the arm: three rows, two finished
+    runs = frame({"align": [0.9, 0.91, 0.92], "pool": [0.1, 0.11, 0.12]})
+    runs.loc[0, "status"] = "FAILED"
+    assert decide(ROI, runs).outcome == "too few runs"
+
+
+def test_paired_pairs_by_seed_not_by_row_order() -> None:
+    # a strong seed effect, align ahead by 0.01 in every seed; Welch sees only the spread between seeds
+    align, pool = [0.31, 0.51, 0.71, 0.91], [0.30, 0.50, 0.70, 0.90]
+    runs = pd.concat([frame({"align": align}, seeds=[0, 1, 2, 3]),
+                      frame({"pool": pool[::-1]}, seeds=[3, 2, 1, 0]),  # rows shuffled against the seeds
+                      frame({"pool": [0.0]}, seeds=[9])], ignore_index=True)  # a seed without a partner
+    assert decide(ROI, runs).outcome == "inconclusive"  # Welch
+    paired = better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"}, by="paired")
+    v = decide(paired, runs)
+    assert v.outcome == "reproduced" and (v.n_a, v.n_b) == (4, 4) and v.test == "paired t-test by seed"
+    assert v.effect == pytest.approx(0.01)
+    bootstrap = better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"}, by="bootstrap")
+    v = decide(bootstrap, runs)  # an unpaired bootstrap of the difference of means: the seed spread swamps it
+    assert v.outcome == "inconclusive" and math.isnan(v.p)
+
+
+def test_paired_on_the_same_weights_reads_two_metrics_of_one_run() -> None:
+    runs = frame({"x": [0.10, 0.30, 0.50]}, key="mode", metric="test_error")
+    runs["metrics.test_error_det"] = runs["metrics.test_error"] + [0.02, 0.021, 0.019]
+    same = better("test_error", "min", a={}, b={}, b_metric="test_error_det", by="paired")
+    v = decide(same, runs)
+    assert v.outcome == "reproduced" and v.effect == pytest.approx(0.02)
+
+
+def test_trend_compares_the_swept_extremes() -> None:
+    rows = [{"status": "FINISHED", "params.p_L": str(p), "params.seed": str(s), "metrics.val_error": e}
+            for p, errs in {"0.5": [0.30, 0.31, 0.29], "0.8": [0.2, 0.21, 0.22], "1.0": [0.10, 0.11, 0.12]}.items()
+            for s, e in enumerate(errs)]
+    v = decide(trend("val_error", "min", "p_L"), pd.DataFrame(rows))
+    assert v.outcome == "reproduced" and v.effect == pytest.approx(0.19)
+    assert decide(trend("val_error", "min", "p_L", increasing=False), pd.DataFrame(rows)).outcome == "not reproduced"
+
+
+def test_unknown_claim_is_one_line_listing_the_names() -> None:
+    with pytest.raises(ClaimError) as err:
+        get_claim("roialign")
+    message = str(err.value)
+    assert "\n" not in message and "unknown claim 'roialign'" in message
+    assert "mask_rcnn_roialign" in message and "densecap_bilinear" in message
+
+
+def test_shipped_claims_name_existing_spaces_and_decide_on_their_params() -> None:
+    shipped = claims.all_claims()
+    assert len(shipped) >= 2
+    for claim in shipped.values():
+        assert (ROOT / claim.space).is_file(), claim.space
+        assert set(claims.BUDGETS) <= set(claim.budgets) and claim.sentence and claim.paper
+        for preset in claim.budgets.values():
+            assert preset.seeds >= claims.MIN_RUNS
+    roi = get_claim("mask_rcnn_roialign")
+    text = (ROOT / roi.space).read_text()
+    assert "roi_op" in text and roi.select_metric in text  # the claim names the space's own key and metric
+    runs = frame({"align": [0.72, 0.73, 0.74], "pool": [0.52, 0.51, 0.54]})
+    assert decide(roi, runs).outcome == "reproduced"
+
+
+def test_a_missing_column_is_one_line() -> None:
+    with pytest.raises(ClaimError, match="no metric column metrics.test_mask_ap"):
+        decide(ROI, frame({"align": [1.0, 1.0, 1.0]}, metric="other"))
