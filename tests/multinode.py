@@ -21,7 +21,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -57,7 +57,6 @@ class Node:
 
     name: str
     process: subprocess.Popen
-    resources: dict[str, float] = field(default_factory=dict)
 
     @property
     def sid(self) -> int:
@@ -120,7 +119,7 @@ class LoopbackCluster:
         log = open(self.root / f"{name}.log", "w")  # noqa: SIM115 (kept open for the process's life)
         process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
                                    env={**self.env, **(env or {})})
-        node = Node(name, process, {"CPU": num_cpus, "GPU": num_gpus, **(resources or {})})
+        node = Node(name, process)
         self.nodes.append(node)
         return node
 

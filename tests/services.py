@@ -66,19 +66,25 @@ def stop(process: subprocess.Popen) -> None:
     process.wait()
 
 
+def s3_client(endpoint: str) -> object:
+    """A boto3 S3 client of :func:`s3_server`'s endpoint, with :data:`S3_KEYS`."""
+    import boto3
+
+    return boto3.client("s3", endpoint_url=endpoint, aws_access_key_id=S3_KEYS["AWS_ACCESS_KEY_ID"],
+                        aws_secret_access_key=S3_KEYS["AWS_SECRET_ACCESS_KEY"],
+                        region_name=S3_KEYS["AWS_DEFAULT_REGION"])
+
+
 @contextlib.contextmanager
 def s3_server(bucket: str = "bucket") -> Iterator[str]:
     """A real S3 endpoint on loopback (moto's server mode) with one empty ``bucket``; yields its URL. Clients need
     :data:`S3_KEYS` and ``AWS_ENDPOINT_URL`` (pyarrow, which Tune writes with, reads both from the environment)."""
-    import boto3
-
     port = free_port()
     server = subprocess.Popen([sys.executable, "-m", "moto.server", "-p", str(port)], stdout=subprocess.DEVNULL,
                               stderr=subprocess.DEVNULL, start_new_session=True)
     endpoint = f"http://{LOOPBACK}:{port}"
     try:
-        s3 = boto3.client("s3", endpoint_url=endpoint, aws_access_key_id="testing", aws_secret_access_key="testing",
-                          region_name="us-east-1")
+        s3 = s3_client(endpoint)
 
         def bucket_made() -> bool:
             try:

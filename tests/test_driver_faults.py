@@ -143,8 +143,8 @@ def test_storage_that_cannot_be_written_is_one_line_before_ray_or_mlflow(tmp_pat
     """Tune used to fail on its first save (a traceback, after Ray started and the parent run was recorded) or retry
     an S3 endpoint that is not there. pyarrow, which Tune writes with, takes the endpoint from AWS_ENDPOINT_URL."""
     monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:1" if where == "no-s3-endpoint" else s3_endpoint)
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
+    for key, value in services.S3_KEYS.items():
+        monkeypatch.setenv(key, value)
     monkeypatch.setattr(cluster, "connect", lambda *a, **k: pytest.fail("Ray was started"))
     storage = _unwritable(tmp_path, where, request)
     store = tmp_path / "mlflow.db"
@@ -162,8 +162,8 @@ def test_storage_that_can_be_written_passes_the_check_and_keeps_nothing(tmp_path
     import pyarrow.fs
 
     monkeypatch.setenv("AWS_ENDPOINT_URL", s3_endpoint)
-    for key in ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.setenv(key, "testing")
+    for key, value in services.S3_KEYS.items():
+        monkeypatch.setenv(key, value)
     cluster.check_storage(str(tmp_path / "new" / "rr"))
     assert list(tmp_path.iterdir()) == []  # not even the storage folder: Tune makes it
     cluster.check_storage("s3://bucket/sweeps/rr")

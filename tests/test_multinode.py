@@ -146,8 +146,6 @@ def test_a_worker_node_lost_mid_trial_continues_from_its_s3_checkpoint_on_anothe
     """The node of a held trial is killed (all its processes at once, like a lost machine). Tune retries the trial on
     the other worker from its epoch-1 checkpoint, which that node reads from S3: one MLflow run, FINISHED, each epoch
     once, and both nodes in its history. Runs last in this module: it takes a worker away, and adds one back."""
-    import boto3
-
     if len(worker_ids(cluster)) < 2:  # a node lost before this test (none should be) would leave no survivor
         cluster.add_worker(num_cpus=2, num_gpus=1)
     gate, uri = tmp_path / "gate", f"sqlite:///{tmp_path / 'mlflow.db'}"
@@ -169,15 +167,11 @@ def test_a_worker_node_lost_mid_trial_continues_from_its_s3_checkpoint_on_anothe
     assert history[0] == lost and len(history) == 2 and history[1] in worker_ids(cluster), history
     epochs = MlflowClient(tracking_uri=uri).get_metric_history(run.info.run_id, "epoch")
     assert [(m.step, m.value) for m in epochs] == [(1, 1.0), (2, 2.0)]
-    s3 = boto3.client("s3", endpoint_url=s3_endpoint, **_boto_keys())
+    s3 = services.s3_client(s3_endpoint)
     keys = [o["Key"] for o in s3.list_objects_v2(Bucket="bucket", Prefix=f"sweeps/{parent.info.run_name}/")["Contents"]]
     assert any(k.endswith("/sweep.json") for k in keys) and any("experiment_state" in k for k in keys)
     assert any("/checkpoint_000001/" in k for k in keys), "the retried trial's epoch-2 checkpoint was written to S3"
     cluster.add_worker(num_cpus=2, num_gpus=1)
-
-
-def _boto_keys() -> dict[str, str]:
-    return {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
 
 
 def test_the_autoscaler_adds_gpu_workers_replaces_a_preempted_one_and_removes_idle_ones(tmp_path: Path) -> None:
