@@ -76,7 +76,20 @@ class Trend:
     pair_by: str = "seed"
 
 
-Comparison = Better | Trend
+@dataclass(frozen=True)
+class Reaches:
+    """``metric`` reaches ``threshold`` (``mode`` max: at least it; min: at most it) on average over the runs of
+    ``where``: a one-sample test of the runs against the threshold (DQN's "CartPole solved" at 195)."""
+
+    metric: str
+    mode: Mode
+    threshold: float
+    where: Mapping[str, Any] = field(default_factory=dict)
+    test: TestName = "welch"  # "welch" here is the one-sample t-test (a Welch test against a constant)
+    level: float = stats.LEVEL
+
+
+Comparison = Better | Trend | Reaches
 
 
 def better(metric: str, mode: Mode, a: Mapping[str, Any], b: Mapping[str, Any], *, by: TestName = "welch",
@@ -96,11 +109,37 @@ def trend(metric: str, mode: Mode, over: str, *, increasing: bool = True, where:
     return Trend(metric, mode, over, increasing, dict(where or {}), by, level, pair_by)
 
 
+def reaches(metric: str, mode: Mode, threshold: float, *, where: Mapping[str, Any] | None = None,
+            by: TestName = "welch", level: float = stats.LEVEL) -> Reaches:
+    """The runs' mean ``metric`` is past ``threshold`` in the ``mode`` direction (one-sample t-test or bootstrap)."""
+    if by == "paired":
+        raise ClaimError("a threshold has nothing to pair with: give by='welch' (one-sample t) or 'bootstrap'")
+    better(metric, mode, {}, {}, by=by)
+    return Reaches(metric, mode, float(threshold), dict(where or {}), by, level)
+
+
+COMMANDS = ("sweep", "rl", "nas")  # the orchestrator commands a claim's runs come from
+Unit = Literal["trial", "search"]
+
+
 @dataclass(frozen=True)
 class Claim:
-    """A paper's claim and how it is checked. ``select_metric`` is the validation metric the sweep selects on; the
-    comparison's metric is the one reported (test), read at ``read_at``: the run's last report (``final``, MLflow's
-    ``metrics.<name>``) or its best one (``best``, ``metrics.best/<name>`` as the tracker logs it)."""
+    """A paper's claim and how it is checked.
+
+    How its runs are made: ``command`` is an orchestrator command with its leading arguments (``"sweep"``,
+    ``"rl dqn"``, ``"nas"``); ``space`` is the search space it runs (``sweep SPACE``, ``rl ALGO --sweep SPACE``; for
+    ``nas``, its child ``--space``, or empty for the default). Each of ``variants`` (extra flags) is one command; a
+    ``nas`` command is run once per seed (``--seed S``), the others take ``--seeds N``. A budget's ``overrides`` go to
+    ``--set`` and its ``sweep_args`` to every command.
+
+    What one sample is: ``unit="trial"``, each trial's run (a child of a command's parent run); ``unit="search"``,
+    each command's parent run itself (a NAS search: its params and summary metrics).
+
+    Where the metric is read: ``select_metric`` is the validation metric the sweep selects on; the comparison's metric
+    is the one reported (test), read at ``read_at``: the run's last report (``final``, MLflow's ``metrics.<name>``),
+    its best one (``best``, ``metrics.best/<name>`` as the tracker logs it) or the report where ``select_metric`` was
+    best (``selected``: the reported metric at the validation-selected epoch, read from the metric histories).
+    """
 
     name: str
     paper: str
@@ -109,10 +148,19 @@ class Claim:
     budgets: Mapping[str, Budget]
     select_metric: str
     comparison: Comparison
-    read_at: Literal["final", "best"] = "final"
+    read_at: Literal["final", "best", "selected"] = "final"
     results_section: str = ""  # the heading of docs/RESULTS.md that reports it by hand
+    command: str = "sweep"
+    variants: tuple[tuple[str, ...], ...] = ((),)
+    unit: Unit = "trial"
 
     def __post_init__(self) -> None:
+        if self.command.split()[0] not in COMMANDS:
+            raise ClaimError(f"claim '{self.name}': command {self.command!r} is not one of {list(COMMANDS)}")
+        if self.unit not in ("trial", "search"):
+            raise ClaimError(f"claim '{self.name}': unit {self.unit!r}; give 'trial' or 'search'")
+        if self.read_at not in ("final", "best", "selected"):
+            raise ClaimError(f"claim '{self.name}': read_at {self.read_at!r}; give 'final', 'best' or 'selected'")
         missing = [b for b in BUDGETS if b not in self.budgets]
         if missing:
             raise ClaimError(f"claim '{self.name}' lacks budget presets {missing}; every claim has {list(BUDGETS)}")
@@ -136,8 +184,9 @@ class Verdict:
 
     def line(self) -> str:
         low, high = self.interval
+        n = f"n = {self.n_a} vs {self.n_b}" if self.n_b else f"n = {self.n_a}"  # a threshold has one sample
         return (f"{self.outcome}: effect {self.effect:+.4g} [{low:.4g}, {high:.4g}] at {self.level:.0%}, "
-                f"p = {self.p:.2g} ({self.test}), n = {self.n_a} vs {self.n_b}")
+                f"p = {self.p:.2g} ({self.test}), {n}")
 
 
 _CLAIMS: dict[str, Claim] = {}
@@ -189,8 +238,15 @@ def _select(runs: pd.DataFrame, selector: Mapping[str, Any]) -> pd.DataFrame:
     return runs[mask]
 
 
+def metric_column(metric: str, read_at: str) -> str:
+    """The column of ``metric`` read at ``read_at`` in a runs frame (``selected/``: filled in by the reader from the
+    metric histories, since MLflow keeps only the last value of a metric as a column)."""
+    return {"final": f"metrics.{metric}", "best": f"metrics.best/{metric}",
+            "selected": f"metrics.selected/{metric}"}[read_at]
+
+
 def _metric_column(runs: pd.DataFrame, metric: str, read_at: str) -> str:
-    column = f"metrics.{metric}" if read_at == "final" else f"metrics.best/{metric}"
+    column = metric_column(metric, read_at)
     if column not in runs:
         raise ClaimError(f"the runs have no metric column {column}")
     return column
@@ -237,6 +293,8 @@ def decide(claim: Claim | Comparison, runs: pd.DataFrame, read_at: str | None = 
         runs = runs[runs["status"] == "FINISHED"]  # a failed or killed trial's last report is not its result
     if isinstance(spec, Trend):
         spec = _endpoints(runs, spec)
+    if isinstance(spec, Reaches):
+        return _decide_threshold(spec, runs, read_at)
     paired = spec.test == "paired" or (spec.test == "bootstrap" and spec.b_metric is not None)
     col_a = _metric_column(runs, spec.metric, read_at)
     col_b = _metric_column(runs, spec.b_metric or spec.metric, read_at)
@@ -275,3 +333,28 @@ def decide(claim: Claim | Comparison, runs: pd.DataFrame, read_at: str | None = 
     if significant:
         outcome = "reproduced" if effect > 0 else "not reproduced"
     return Verdict(outcome, effect, (low, high), p, len(a), len(b), test_name, spec.level)
+
+
+def _decide_threshold(spec: Reaches, runs: pd.DataFrame, read_at: str) -> Verdict:
+    """One sample against a constant: effect = mean - threshold, signed so that positive is past it."""
+    column = _metric_column(runs, spec.metric, read_at)
+    values = _select(runs, spec.where)[column].dropna().to_numpy(float)
+    sign = 1.0 if spec.mode == "max" else -1.0
+    test_name = "one-sample t-test" if spec.test == "welch" else "bootstrap (percentile)"
+    if len(values) < MIN_RUNS:
+        return Verdict("too few runs", math.nan, (math.nan, math.nan), math.nan, len(values), 0, test_name,
+                       spec.level)
+    shifted = sign * (values - spec.threshold)
+    effect = float(shifted.mean())
+    if spec.test == "bootstrap":
+        p = math.nan
+        low, high = _bootstrap_interval(shifted, np.zeros_like(shifted), True, spec.level)
+        significant = bool(low > 0 or high < 0)
+    else:
+        p = stats.paired_p(shifted, np.zeros_like(shifted))  # the one-sample t-test of the shifted values
+        low, high = stats.t_interval(shifted, spec.level)
+        significant = bool(np.isfinite(p) and p < 1 - spec.level)
+    outcome: Outcome = "inconclusive"
+    if significant:
+        outcome = "reproduced" if effect > 0 else "not reproduced"
+    return Verdict(outcome, effect, (low, high), p, len(values), 0, test_name, spec.level)

@@ -121,3 +121,17 @@ def test_shipped_claims_name_existing_spaces_and_decide_on_their_params() -> Non
 def test_a_missing_column_is_one_line() -> None:
     with pytest.raises(ClaimError, match="no metric column metrics.test_mask_ap"):
         decide(ROI, frame({"align": [1.0, 1.0, 1.0]}, metric="other"))
+
+
+def test_a_threshold_is_a_one_sample_test() -> None:
+    solved = claims.reaches("eval_return", "max", 195)
+    runs = frame({"dqn": [480.0, 500.0, 470.0]}, key="algo", metric="eval_return")
+    v = decide(solved, runs)
+    assert v.outcome == "reproduced" and v.effect == pytest.approx(485 - 195) and v.n_a == 3
+    assert v.test == "one-sample t-test" and v.line().endswith("n = 3")
+    v = decide(solved, frame({"dqn": [20.0, 25.0, 22.0]}, key="algo", metric="eval_return"))
+    assert v.outcome == "not reproduced" and v.interval[1] < 0
+    v = decide(solved, frame({"dqn": [100.0, 300.0, 200.0]}, key="algo", metric="eval_return"))
+    assert v.outcome == "inconclusive"
+    with pytest.raises(ClaimError, match="nothing to pair"):
+        claims.reaches("eval_return", "max", 195, by="paired")
