@@ -127,7 +127,7 @@ def test_a_threshold_is_a_one_sample_test() -> None:
     solved = claims.reaches("eval_return", "max", 195)
     runs = frame({"dqn": [480.0, 500.0, 470.0]}, key="algo", metric="eval_return")
     v = decide(solved, runs)
-    assert v.outcome == "reproduced" and v.effect == pytest.approx(485 - 195) and v.n_a == 3
+    assert v.outcome == "reproduced" and v.effect == pytest.approx(1450 / 3 - 195) and v.n_a == 3
     assert v.test == "one-sample t-test" and v.line().endswith("n = 3")
     v = decide(solved, frame({"dqn": [20.0, 25.0, 22.0]}, key="algo", metric="eval_return"))
     assert v.outcome == "not reproduced" and v.interval[1] < 0
