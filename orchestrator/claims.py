@@ -358,3 +358,24 @@ def _decide_threshold(spec: Reaches, runs: pd.DataFrame, read_at: str) -> Verdic
     if significant:
         outcome = "reproduced" if effect > 0 else "not reproduced"
     return Verdict(outcome, effect, (low, high), p, len(values), 0, test_name, spec.level)
+
+
+def arm_summary(claim: Claim, runs: pd.DataFrame) -> pd.DataFrame:
+    """What the verdict compared, one row an arm: its selector, the metric as read, mean, std and n over its
+    finished runs (unpaired: the table describes the arms; the verdict's test says how they were compared)."""
+    spec = claim.comparison
+    if "status" in runs:
+        runs = runs[runs["status"] == "FINISHED"]
+    if isinstance(spec, Trend):
+        spec = _endpoints(runs, spec)
+    arms = ([(spec.where, spec.metric)] if isinstance(spec, Reaches)
+            else [(spec.a, spec.metric), (spec.b, spec.b_metric or spec.metric)])
+    rows = []
+    for selector, metric in arms:
+        column = _metric_column(runs, metric, claim.read_at)
+        mean, std, n = stats.summarize(_select(runs, selector)[column].dropna())
+        arm = " ".join(f"{k}={v}" for k, v in selector.items()) or "all runs"
+        rows.append({"arm": arm, "metric": f"{metric} ({claim.read_at})", "mean": mean, "std": std, "n": n})
+    if isinstance(spec, Reaches):
+        rows.append({"arm": "threshold", "metric": spec.metric, "mean": spec.threshold, "std": math.nan, "n": 0})
+    return pd.DataFrame(rows)

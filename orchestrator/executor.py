@@ -13,10 +13,11 @@ and the command that continues it is printed).
 from __future__ import annotations
 
 import argparse
+import contextlib
 import datetime as dt
 import shlex
 import sys
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -30,6 +31,22 @@ RECORD = "sweep.json"  # beside the Tune experiment: parent run id, tracking URI
 # loses at most one report interval. A bug in the trainable fails 1 + 2 times (each attempt resumes from the last
 # checkpoint, so the retries are as short as the bug is early) and then the trial's run ends FAILED with the reason.
 DEFAULT_MAX_FAILURES = 2
+
+
+_extra_parent_tags: dict[str, str] = {}
+
+
+@contextlib.contextmanager
+def parent_tags(tags: Mapping[str, str]) -> Iterator[None]:
+    """Tag the parent run of every experiment started in this block (``orchestrator.repro`` marks a claim's runs so a
+    later check finds them). Tags only a new parent: a resumed one keeps the tags it was created with."""
+    saved = dict(_extra_parent_tags)
+    _extra_parent_tags.update(tags)
+    try:
+        yield
+    finally:
+        _extra_parent_tags.clear()
+        _extra_parent_tags.update(saved)
 
 
 @dataclass
@@ -112,7 +129,7 @@ def execute(args: argparse.Namespace, argv: list[str], *, parse: Callable[[list[
                   "(the trials Tune continues reopen theirs)")
     else:
         tags = {"trainable": spec.name, "ray.experiment": folder, "command": f"{prog} {shlex.join(argv)}",
-                "resources": held, **the_plan.tags}
+                "resources": held, **the_plan.tags, **_extra_parent_tags}
         tags[mlflow_ui.NOTE_TAG] = mlflow_ui.describe_sweep(the_plan, command=tags["command"], resources=held,
                                                             where=where, folder=folder)
         tracker.start_recorded_parent(name, the_plan.params, tags, record_path=f"{folder}/{RECORD}", argv=argv)
