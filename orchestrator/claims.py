@@ -149,7 +149,7 @@ class Claim:
     select_metric: str
     comparison: Comparison
     read_at: Literal["final", "best", "selected"] = "final"
-    results_section: str = ""  # the heading of docs/RESULTS.md that reports it by hand
+    results_section: str = ""  # the text of the docs/RESULTS.md heading that reports it (its generated block)
     command: str = "sweep"
     variants: tuple[tuple[str, ...], ...] = ((),)
     unit: Unit = "trial"

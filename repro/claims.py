@@ -27,7 +27,7 @@ register_claim(Claim(
     select_metric="val_mask_ap",
     # the same seed gives both arms the same data order and initial backbone: paired by seed, as RESULTS.md reports
     comparison=better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"}, by="paired"),
-    results_section="Part VIII, 1. Mask R-CNN: RoIAlign vs RoIPool",
+    results_section="1. Mask R-CNN: RoIAlign vs RoIPool",
 ))
 
 # DenseCap: the laptop budget is search_spaces/densecap_regions.yaml's own (4 epochs of 1,200 scenes).
@@ -46,7 +46,7 @@ register_claim(Claim(
     select_metric="val_dense_map",
     comparison=better("test_dense_map", "max", a={"region_features": "bilinear"}, b={"region_features": "roipool"},
                       by="paired"),
-    results_section="Part VIII, 2. DenseCap: bilinear region features vs RoIPool",
+    results_section="2. DenseCap: bilinear region features vs RoIPool",
 ))
 
 # Part I, claim 1: repro/preact_vs_original.sh's budget (ResNet-110, 15 epochs on MNIST-5k); the claim is about
@@ -64,5 +64,5 @@ register_claim(Claim(
     select_metric="val_error",
     # different orderings are different nets: a seed pairs nothing but the data order, so Welch's test
     comparison=better("train_loss", "min", a={"ordering": "full_preact"}, b={"ordering": "original"}, by="welch"),
-    results_section="Part I, 1. Full pre-activation trains to a lower training loss than the original ordering",
+    results_section="1. Full pre-activation trains to a lower training loss than the original ordering at depth",
 ))

@@ -1,0 +1,119 @@
+"""`python -m orchestrator.repro` end to end: a claim's smoke budget through the CLI, a second check that trains
+nothing, the verdict on the parent run and in --list, the report's round trip through a snapshot, the committed
+RESULTS.md against the committed snapshot, the validation-selected read, bad input."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from types import SimpleNamespace
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from orchestrator import claim_runs, claims, results_doc, run_snapshot
+from tests.conftest import REPO, run_cli
+
+CLAIM = "mask_rcnn_roialign"  # the cheapest claim at its smoke budget (6 trials of 2 steps)
+
+
+def repro(args: list[str], cwd: Path, ray_address: str | None = None) -> object:
+    return run_cli("orchestrator.repro", [*args, *(["--address", ray_address] if ray_address else [])], cwd)
+
+
+def all_runs(store: Path) -> list:
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    experiment = client.get_experiment_by_name(f"repro-{CLAIM}")
+    return client.search_runs([experiment.experiment_id], max_results=1000)
+
+
+def test_a_claim_is_checked_once_and_reused_then_listed_and_reported(tmp_path: Path, ray_address: str) -> None:
+    first = repro([CLAIM, "--budget", "smoke"], tmp_path, ray_address)
+    assert first.returncode == 0, first.stderr[-3000:]
+    assert "running: python -m orchestrator.sweep search_spaces/mask_rcnn_roi.yaml --seeds 3" in first.stdout
+    verdict = next(line for line in first.stdout.splitlines() if line.startswith("verdict: "))
+    assert "(paired t-test by seed)" in verdict and "n = 3 vs 3" in verdict
+    runs = all_runs(tmp_path / "mlflow.db")
+    parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1 and len(runs) == 7  # one sweep: 2 roi ops x 3 seeds
+    tags = parents[0].data.tags
+    assert tags["repro.claim"] == CLAIM and tags["repro.budget"] == "smoke"
+    assert tags["repro.verdict_line"] == verdict.removeprefix("verdict: ")
+    assert tags["repro.verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    assert tags["repro.code"] == claim_runs.code_version()
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    table = client.download_artifacts(parents[0].info.run_id, "repro/verdict.md", str(tmp_path))
+    assert "| roi_op=align | test_mask_ap (final) |" in Path(table).read_text()
+
+    # the same claim, budget and code again: every command is reused, nothing trains, the verdict is the same
+    second = repro([CLAIM, "--budget", "smoke"], tmp_path, ray_address)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the finished run" in second.stdout and "running:" not in second.stdout
+    assert verdict in second.stdout
+    assert len(all_runs(tmp_path / "mlflow.db")) == 7
+
+    listed = repro(["--list"], tmp_path)
+    assert listed.returncode == 0 and "(smoke," in listed.stdout
+
+    # the report from the live store and from its snapshot are the same document
+    live, snapped = tmp_path / "live.md", tmp_path / "snapped.md"
+    shutil.copy(REPO / "docs" / "RESULTS.md", live)
+    shutil.copy(REPO / "docs" / "RESULTS.md", snapped)
+    assert repro(["report", "--budget", "smoke", "--results", str(live)], tmp_path).returncode == 0
+    exported = repro(["export", "--budget", "smoke", "--out", str(tmp_path / "snap.json")], tmp_path)
+    assert exported.returncode == 0 and CLAIM in exported.stdout
+    made = repro(["report", "--budget", "smoke", "--results", str(snapped), "--snapshot", str(tmp_path / "snap.json")],
+                 tmp_path)
+    assert made.returncode == 0, made.stderr
+    assert live.read_text() == snapped.read_text()
+    block = live.read_text().split(f"<!-- repro:begin {CLAIM} ", 1)[1].split(f"<!-- repro:end {CLAIM} -->")[0]
+    assert verdict.removeprefix("verdict: ").split(": ", 1)[1] in block and "budget smoke" in block
+    assert "Linux" in block or "Darwin" in block  # the machine the runs were made on
+
+
+def test_the_committed_results_are_what_the_committed_snapshot_gives(tmp_path: Path) -> None:
+    result = repro(["report", "--check", "--snapshot", str(run_snapshot.SNAPSHOT)], tmp_path)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr
+    # and the check can fail: one number changed inside a generated block
+    text = (REPO / "docs" / "RESULTS.md").read_text()
+    start = text.index("<!-- repro:begin index ")
+    stale = tmp_path / "RESULTS.md"
+    stale.write_text(text[:start] + text[start:].replace("| not checked yet |", "| reproduced |", 1))
+    result = repro(["report", "--check", "--snapshot", str(run_snapshot.SNAPSHOT), "--results", str(stale)], tmp_path)
+    assert result.returncode == 1 and "run python -m orchestrator.repro report" in result.stderr
+    assert "-| " in result.stdout and "+| " in result.stdout  # the diff names the line
+
+
+def test_every_reported_claim_in_the_snapshot_is_a_registered_one() -> None:
+    data = json.loads(run_snapshot.SNAPSHOT.read_text())
+    assert set(data["claims"]) <= set(claims.all_claims())
+    for name, entry in data["claims"].items():
+        assert entry["parents"], name
+        for parent in entry["parents"]:
+            assert parent["tags"]["repro.budget"] in results_doc.REPORTED_BUDGETS, name
+
+
+def test_the_selected_read_is_the_reported_metric_at_the_best_validation_report() -> None:
+    claim = claims.get_claim(CLAIM)
+    selected = claims.Claim(**{**claim.__dict__, "name": "selected_probe", "read_at": "selected"})
+    histories = {"val_mask_ap": [(1, 0.2), (2, 0.5), (3, 0.4)], "test_mask_ap": [(1, 0.1), (2, 0.3), (3, 0.9)]}
+    store = SimpleNamespace(get_metric_history=lambda run_id, name: [
+        SimpleNamespace(step=s, value=v) for s, v in histories[name]])
+    frame = claim_runs._with_selected(store, selected, pd.DataFrame({"run_id": ["r1"]}))
+    # val is best (max) at step 2, so the test value reported is step 2's 0.3, not the final 0.9 nor the best 0.9
+    assert frame["metrics.selected/test_mask_ap"].tolist() == [0.3]
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (["no_such_claim"], "unknown claim 'no_such_claim'; known: "),
+    ([CLAIM, "--budget", "huge"], "argument --budget: invalid choice: 'huge'"),
+    (["report", "--snapshot", "missing.json"], "no snapshot at missing.json"),
+    ([], "name a claim, 'all' or 'report'"),
+])
+def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) -> None:
+    result = repro(args, tmp_path)
+    assert result.returncode == 2 and message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+    assert not (tmp_path / "mlflow.db").exists()
