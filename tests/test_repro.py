@@ -117,3 +117,50 @@ def test_bad_input_is_one_line(tmp_path: Path, args: list[str], message: str) ->
     assert result.returncode == 2 and message in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
     assert not (tmp_path / "mlflow.db").exists()
+
+
+def test_a_budget_becomes_commands_whose_identity_ignores_where_they_run(tmp_path: Path) -> None:
+    base = claims.get_claim(CLAIM)
+    nas = claims.Claim(**{**base.__dict__, "name": "nas_probe", "command": "nas", "space": "", "unit": "search",
+                          "variants": (("--controller", "ppo"), ("--controller", "random"))})
+    lines = [c.line() for c in claim_runs.commands(nas, "smoke")]
+    assert len(lines) == 6 and lines[0].startswith("python -m orchestrator.nas --seed 0 --controller ppo")
+    assert all(" --set epochs=1 " in f"{line} " for line in lines)  # --set last: it takes every word after it
+    rl = claims.Claim(**{**base.__dict__, "name": "rl_probe", "command": "rl dqn", "space": "dqn_cartpole"})
+    (command,) = claim_runs.commands(rl, "laptop")
+    assert command.argv[:5] == ("dqn", "--sweep", "dqn_cartpole", "--seeds", "3") and command.resume_lead == ("dqn",)
+    (sweep,) = claim_runs.commands(base, "smoke")
+    assert sweep.runnable()[0] == str(REPO / "search_spaces" / "mask_rcnn_roi.yaml")  # runs from any folder
+    assert sweep.line().startswith("python -m orchestrator.sweep search_spaces/mask_rcnn_roi.yaml")
+    assert sweep.key(base, "v1") == sweep.key(base, "v1") != sweep.key(base, "v2")
+    with pytest.raises(claims.ClaimError, match="no budget 'huge'"):
+        claim_runs.commands(base, "huge")
+
+
+def test_the_code_version_follows_the_sources(tmp_path: Path) -> None:
+    (tmp_path / "trainables").mkdir()
+    (tmp_path / "trainables" / "net.py").write_text("x = 1\n")
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "notes.md").write_text("prose\n")
+    before = claim_runs.code_version(tmp_path)
+    (tmp_path / "docs" / "notes.md").write_text("other prose\n")  # not a source of results
+    assert claim_runs.code_version(tmp_path) == before
+    (tmp_path / "trainables" / "net.py").write_text("x = 2\n")
+    assert claim_runs.code_version(tmp_path) != before
+
+
+def test_all_reports_each_claim_and_fails_if_one_could_not_run(monkeypatch, capsys) -> None:
+    from orchestrator import cli, repro
+
+    names = list(claims.all_claims())
+
+    def check(claim, budget, args):  # noqa: ANN001, ANN202
+        if claim.name == names[0]:
+            raise cli.UserError("needs 1 GPU per trial; this machine has none")
+        return 0, claims.Verdict("inconclusive", 0.1, (-1.0, 1.2), 0.5, 3, 3, "Welch t-test", 0.95)
+
+    monkeypatch.setattr(repro, "check_claim", check)
+    status = repro.check_all("gpu", SimpleNamespace())
+    out = capsys.readouterr()
+    assert status == 1 and f"{names[0]}: skipped: needs 1 GPU per trial" in out.out
+    assert all(f"{name}: inconclusive: effect +0.1" in out.out for name in names[1:])
