@@ -87,6 +87,11 @@ def paired_p(a: Sequence[float], b: Sequence[float]) -> float:
         raise ValueError(f"paired samples differ in length: {len(a)} and {len(b)}")
     if len(a) < 2:
         return math.nan
+    differences = a - b
+    if np.allclose(differences, differences[0], rtol=1e-9, atol=1e-12):  # equal up to float rounding
+        # identical differences (two seeds that moved by the same amount): scipy's t is infinite and its p 0, which
+        # reads as overwhelming evidence; there is no spread to test against, so there is no p
+        return math.nan
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", RuntimeWarning)
         return float(stats.ttest_rel(a, b).pvalue)

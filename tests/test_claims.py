@@ -63,8 +63,8 @@ def test_fewer_than_three_runs_an_arm_give_no_verdict() -> None:
 
 
 def test_paired_pairs_by_seed_not_by_row_order() -> None:
-    # a strong seed effect, align ahead by 0.01 in every seed; Welch sees only the spread between seeds
-    align, pool = [0.31, 0.51, 0.71, 0.91], [0.30, 0.50, 0.70, 0.90]
+    # a strong seed effect, align ahead by 0.01 or 0.02 in every seed; Welch sees only the spread between seeds
+    align, pool = [0.31, 0.52, 0.71, 0.92], [0.30, 0.50, 0.70, 0.90]
     runs = pd.concat([frame({"align": align}, seeds=[0, 1, 2, 3]),
                       frame({"pool": pool[::-1]}, seeds=[3, 2, 1, 0]),  # rows shuffled against the seeds
                       frame({"pool": [0.0]}, seeds=[9])], ignore_index=True)  # a seed without a partner
@@ -72,7 +72,7 @@ def test_paired_pairs_by_seed_not_by_row_order() -> None:
     paired = better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"}, by="paired")
     v = decide(paired, runs)
     assert v.outcome == "reproduced" and (v.n_a, v.n_b) == (4, 4) and v.test == "paired t-test by seed"
-    assert v.effect == pytest.approx(0.01)
+    assert v.effect == pytest.approx(0.015)
     bootstrap = better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"}, by="bootstrap")
     v = decide(bootstrap, runs)  # an unpaired bootstrap of the difference of means: the seed spread swamps it
     assert v.outcome == "inconclusive" and math.isnan(v.p)
@@ -135,3 +135,14 @@ def test_a_threshold_is_a_one_sample_test() -> None:
     assert v.outcome == "inconclusive"
     with pytest.raises(ClaimError, match="nothing to pair"):
         claims.reaches("eval_return", "max", 195, by="paired")
+
+
+def test_identical_paired_differences_have_no_p_and_decide_nothing() -> None:
+    from orchestrator import stats
+
+    # two seeds that both moved by exactly 1: scipy's t is infinite (p = 0); there is no spread to test
+    assert math.isnan(stats.paired_p([1.0, 2.0], [0.0, 1.0]))
+    assert stats.paired_p([1.0, 2.0, 3.0], [0.0, 1.5, 2.0]) < 0.2
+    paired = better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"}, by="paired")
+    v = decide(paired, frame({"align": [0.7, 0.8, 0.9], "pool": [0.6, 0.7, 0.8]}))
+    assert v.outcome == "inconclusive" and math.isnan(v.p)
