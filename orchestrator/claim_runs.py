@@ -189,7 +189,8 @@ def compared_metrics(claim: Claim) -> list[str]:
 
 def _with_selected(mlflow: Any, claim: Claim, frame: pd.DataFrame) -> pd.DataFrame:
     """Add ``metrics.selected/<m>``: each run's ``m`` at its validation-selected report."""
-    mode = registry.get(spaces.load_space(claim.space).trainable).mode(claim.select_metric)
+    space = str(REPO / claim.space) if (REPO / claim.space).is_file() else claim.space  # a path, or a space's name
+    mode = registry.get(spaces.load_space(space).trainable).mode(claim.select_metric)
     frame = frame.copy()
     for metric in compared_metrics(claim):
         values = []
