@@ -7,6 +7,8 @@ docs/cluster.md ("Security") says the same for a user."""
 from __future__ import annotations
 
 import json
+import os
+import pickle
 import re
 import subprocess
 import sys
@@ -216,3 +218,142 @@ def test_a_driver_without_the_token_is_refused_and_the_sweep_with_it_runs(token_
     assert len(children) == 1 and children[0].info.status == "FINISHED"
     head_id = next(n["node_id"] for n in token_cluster.alive_nodes() if "driver" in n["resources"])
     assert children[0].data.tags["ray.node_id"] != head_id, "the trial ran on the worker that joined with the token"
+
+
+# ---- loaders refuse a checkpoint that would run code ----------------------------------------------------------------
+
+MODULE_DIR = "algorithm/learner_group/learner/rl_module/default_policy"
+CARTPOLE_DQN = {"env": "CartPole-v1", "network": "mlp"}
+
+
+class RunsCode:
+    """Unpickling this runs ``touch MARKER`` (``os.system``): a checkpoint that would execute code when loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> tuple[Any, tuple[str]]:
+        return os.system, (f"touch {self.marker}",)
+
+
+def _short_string(text: str) -> bytes:
+    data = text.encode()
+    return b"\x8c" + bytes([len(data)]) + data  # SHORT_BINUNICODE
+
+
+def hidden_import(marker: Path) -> bytes:
+    """A hand-made pickle that runs ``posix.system`` while the last two strings before its STACK_GLOBAL are
+    "numpy", "dtype" (pushed and popped again): a scanner that pairs STACK_GLOBAL with the last strings it saw
+    would pass it. (Checked by hand with ``pickle.loads``: it does create the marker.)"""
+    return (b"\x80\x04" + _short_string("posix") + _short_string("system") + _short_string("numpy")
+            + _short_string("dtype") + b"00" + b"\x93" + _short_string(f"touch {marker}") + b"\x85R.")
+
+
+@pytest.fixture(scope="module")
+def cartpole_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A real (untrained) DQN RLModule for CartPole in run_algorithm's checkpoint layout, with its trainable.json."""
+    import gymnasium as gym
+
+    from trainables import registry
+    from trainables.rl.dqn.config import build_algo_config
+
+    root = tmp_path_factory.mktemp("rl") / "cartpole"
+    config = registry.get("dqn").resolve(CARTPOLE_DQN)
+    env = gym.make("CartPole-v1")
+    spec = build_algo_config(config).get_rl_module_spec(env=env)
+    spec.observation_space, spec.action_space = env.observation_space, env.action_space
+    spec.build().save_to_path(str(root / MODULE_DIR))
+    (root / "trainable.json").write_text(json.dumps({"trainable": "dqn", "config": config}))
+    return root
+
+
+@pytest.mark.parametrize(("file", "content", "says"), [
+    ("class_and_ctor_args.pkl", "reduce", "loading it would import posix.system"),
+    ("module_state.pkl", "reduce", "loading it would import posix.system"),
+    ("module_state.pkl", "hidden", "imports a name that cannot be read without running it"),
+])
+def test_play_refuses_a_module_pickle_that_would_run_code(cartpole_checkpoint: Path, tmp_path: Path, file: str,
+                                                          content: str, says: str,
+                                                          capsys: pytest.CaptureFixture[str]) -> None:
+    """``orchestrator.rl play`` (its main under the CLI wrapper, in this process: a traceback would fail the test)
+    on a checkpoint whose pickle would run code: one line naming the file and exit 2, and the code never ran."""
+    import shutil
+
+    from orchestrator import cli, rl
+
+    checkpoint = tmp_path / "checkpoint"
+    shutil.copytree(cartpole_checkpoint, checkpoint)
+    marker = tmp_path / "ran"
+    evil = pickle.dumps(RunsCode(marker), protocol=4) if content == "reduce" else hidden_import(marker)
+    (checkpoint / MODULE_DIR / file).write_bytes(evil)
+    assert cli.run(rl.main, ["play", str(checkpoint), "--episodes", "1"]) == 2
+    errors = [line for line in capsys.readouterr().err.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and says in errors[0] and str(checkpoint / MODULE_DIR / file) in errors[0], errors
+    assert not marker.exists(), "the checkpoint's code ran"
+
+
+def test_the_import_check_passes_real_module_checkpoints(cartpole_checkpoint: Path, tmp_path: Path) -> None:
+    """What RLlib writes for this project's algorithms passes: DQN's module (a trainables class) and BC's (RLlib's
+    module and catalog classes); the check is not a refusal of everything."""
+    import gymnasium as gym
+
+    from trainables import registry
+    from trainables.rl.bc import build_bc_config
+    from trainables.rl.offline import check_module_files
+    from trainables.rl.pickle_imports import pickle_imports
+
+    check_module_files(str(cartpole_checkpoint / MODULE_DIR))
+    env = gym.make("CartPole-v1")
+    spec = build_bc_config(registry.get("bc").resolve({"env": "CartPole-v1"}), check_data=False).get_rl_module_spec(
+        env=env)
+    spec.observation_space, spec.action_space = env.observation_space, env.action_space
+    spec.build().save_to_path(str(tmp_path / "bc"))
+    check_module_files(str(tmp_path / "bc"))
+    assert ("ray.rllib.algorithms.bc.bc_catalog", "BCCatalog") in pickle_imports(
+        str(tmp_path / "bc" / "class_and_ctor_args.pkl"))
+
+
+def test_resume_refuses_a_state_pt_that_would_run_code(tmp_path: Path) -> None:
+    """The common loop's checkpoint (resume, a retried trial) loads with weights_only: a pickled object is refused
+    as a corrupt checkpoint, one line naming the file, and its code never runs."""
+    import torch
+
+    from trainables.checkpoint import CHECKPOINT_FILE, CheckpointError, read_checkpoint
+
+    marker = tmp_path / "ran"
+    torch.save({"models": {"model": RunsCode(marker)}, "epoch": 1}, tmp_path / CHECKPOINT_FILE)
+    with pytest.raises(CheckpointError, match="holds pickled Python objects") as caught:
+        read_checkpoint(str(tmp_path))
+    assert str(tmp_path / CHECKPOINT_FILE) in str(caught.value) and "\n" not in str(caught.value)
+    assert not marker.exists()
+
+
+def test_inspect_refuses_an_mlflow_checkpoint_artifact_that_would_run_code(tmp_path: Path) -> None:
+    """``python -m orchestrator.inspect RUN_ID`` downloads a trial's ``checkpoint/`` artifact from MLflow and loads
+    it as a local checkpoint is loaded: a state.pt holding a pickled object is one line and exit 2; nothing ran."""
+    import torch
+    from mlflow.tracking import MlflowClient
+
+    from tests.conftest import run_cli
+    from trainables import registry
+    from trainables.checkpoint import CHECKPOINT_FILE
+
+    marker = tmp_path / "ran"
+    store = tmp_path / "mlflow.db"
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    run = client.create_run(client.create_experiment("sweep"), tags={"trainable": "resnet"})
+    artifacts = tmp_path / "artifacts"
+    (artifacts / "checkpoint").mkdir(parents=True)
+    (artifacts / "config.json").write_text(json.dumps(registry.get("resnet").resolve({"depth": 8}), default=str))
+    torch.save({"models": {"model": RunsCode(marker)}, "epoch": 1}, artifacts / "checkpoint" / CHECKPOINT_FILE)
+    client.log_artifact(run.info.run_id, str(artifacts / "config.json"))
+    client.log_artifacts(run.info.run_id, str(artifacts / "checkpoint"), artifact_path="checkpoint")
+    client.set_terminated(run.info.run_id)
+
+    result = run_cli("orchestrator.inspect", [run.info.run_id, "--tracking-uri", f"sqlite:///{store}"], tmp_path,
+                     timeout=300)
+    assert result.returncode == 2, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr, result.stderr[-3000:]
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and "holds pickled Python objects" in errors[0], result.stderr[-2000:]
+    assert not marker.exists()
