@@ -245,7 +245,10 @@ def _documented_ray_commands() -> list[list[str]]:
         for line in block.replace("\\\n", " ").splitlines():
             # Other tools' lines (aws ... with multi-line JSON) are not tokenized.
             if line.lstrip().startswith("ray "):
-                commands.append(shlex.split(line, comments=True))
+                tokens = shlex.split(line, comments=True)
+                # What follows a redirection or a pipe is the shell's, not Ray's CLI.
+                cut = next((i for i, t in enumerate(tokens) if t in (">", ">>", "|", "&&", ";")), len(tokens))
+                commands.append(tokens[:cut])
     return commands
 
 
