@@ -260,6 +260,7 @@ def cartpole_checkpoint(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("rl") / "cartpole"
     config = registry.get("dqn").resolve(CARTPOLE_DQN)
     env = gym.make("CartPole-v1")
+    env.action_space.seed(0)  # a trained module's spaces carry a seeded NumPy Generator, which its pickle rebuilds
     spec = build_algo_config(config).get_rl_module_spec(env=env)
     spec.observation_space, spec.action_space = env.observation_space, env.action_space
     spec.build().save_to_path(str(root / MODULE_DIR))
@@ -293,8 +294,9 @@ def test_play_refuses_a_module_pickle_that_would_run_code(cartpole_checkpoint: P
 
 
 def test_the_import_check_passes_real_module_checkpoints(cartpole_checkpoint: Path, tmp_path: Path) -> None:
-    """What RLlib writes for this project's algorithms passes: DQN's module (a trainables class) and BC's (RLlib's
-    module and catalog classes); the check is not a refusal of everything."""
+    """What RLlib writes for this project's algorithms passes: DQN's module (a trainables class, seeded spaces) and
+    BC's (RLlib's module and catalog classes); the check is not a refusal of everything. tests/test_rl_cli.py plays
+    a trained DQN checkpoint back through the same check."""
     import gymnasium as gym
 
     from trainables import registry
@@ -303,6 +305,8 @@ def test_the_import_check_passes_real_module_checkpoints(cartpole_checkpoint: Pa
     from trainables.rl.pickle_imports import pickle_imports
 
     check_module_files(str(cartpole_checkpoint / MODULE_DIR))
+    assert ("numpy.random._pickle", "__generator_ctor") in pickle_imports(
+        str(cartpole_checkpoint / MODULE_DIR / "class_and_ctor_args.pkl")), "the fixture is a seeded module"
     env = gym.make("CartPole-v1")
     spec = build_bc_config(registry.get("bc").resolve({"env": "CartPole-v1"}), check_data=False).get_rl_module_spec(
         env=env)

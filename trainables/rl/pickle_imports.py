@@ -6,7 +6,8 @@ RLlib saves an RLModule as two pickles (``class_and_ctor_args.pkl``: the module'
 pickle runs code when it is loaded through the callables it imports (``os.system``, ``builtins.exec``, ...), and a
 checkpoint can come from someone else (an MLflow artifact, a shared folder). So before RLlib unpickles a module,
 :func:`check_pickle_imports` lists each import of the file from its opcodes (``pickletools``, which builds no object)
-and refuses the file unless every import is one of: NumPy's array and dtype rebuilders, ``collections.OrderedDict``,
+and refuses the file unless every import is one of: NumPy's array, dtype and random-generator rebuilders,
+``collections.OrderedDict``,
 or a class that is an RLlib ``RLModule`` or ``Catalog`` (under ``ray.rllib`` or ``trainables``) or a gymnasium
 space. An import whose name the walk cannot read from literals (a computed ``STACK_GLOBAL``, the copyreg extension
 registry) is refused too. This is the pickle module's own "restricting globals" idea, applied before the load
@@ -31,6 +32,12 @@ ALLOWED_IMPORTS = frozenset({
     ("numpy.core.multiarray", "_reconstruct"), ("numpy.core.multiarray", "scalar"),
     ("numpy.core.numeric", "_frombuffer"),
     ("collections", "OrderedDict"),
+    # A seeded gymnasium space pickles its NumPy Generator: these rebuild it from a bit generator's name and state.
+    ("numpy.random._pickle", "__generator_ctor"), ("numpy.random._pickle", "__bit_generator_ctor"),
+    ("numpy.random._pickle", "__randomstate_ctor"),
+    ("numpy.random.bit_generator", "SeedSequence"), ("numpy.random.bit_generator", "__pyx_unpickle_SeedSequence"),
+    ("numpy.random._pcg64", "PCG64"), ("numpy.random._pcg64", "PCG64DXSM"), ("numpy.random._mt19937", "MT19937"),
+    ("numpy.random._philox", "Philox"), ("numpy.random._sfc64", "SFC64"),
 })
 # Packages whose classes may be imported when they are RLModules, catalogs or spaces (see _is_allowed_class).
 CLASS_PACKAGES = ("ray.rllib.", "trainables.", "gymnasium.spaces.")
