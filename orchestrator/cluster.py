@@ -31,8 +31,12 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
         check_ray_listens(address)
         try:
             ray.init(address=address, log_to_driver=True)
-        except ConnectionError as err:
-            raise ClusterError(f"could not join the Ray cluster at {address}: {err}") from None
+        except Exception as err:
+            if _is_auth_failure(err):
+                raise ClusterError(token_refusal(address)) from None
+            if isinstance(err, ConnectionError):
+                raise ClusterError(f"could not join the Ray cluster at {address}: {err}") from None
+            raise
         where = f"Ray cluster at {address}"
     else:
         # address="local" always starts a fresh instance owned by this process: never attach to someone else's.
@@ -43,7 +47,44 @@ def connect(address: str | None = None, *, num_cpus: int | None = None, num_gpus
 
 
 class ClusterError(RuntimeError):
-    """No Ray cluster at the address the user gave (a user error: one line, exit 2)."""
+    """No Ray cluster at the address the user gave, or one that refuses us (a user error: one line, exit 2)."""
+
+
+def _is_auth_failure(err: BaseException) -> bool:
+    """Whether ``ray.init`` failed on Ray's token authentication: an ``AuthenticationError`` itself (no token
+    here), or, when the cluster refused the token after its retries (~20 s), a ``ConnectionError`` caused by a
+    ``RuntimeError`` that carries the GCS client's ``AuthenticationError`` only as text (Ray 2.60)."""
+    from ray.exceptions import AuthenticationError
+
+    seen: BaseException | None = err
+    while seen is not None:
+        if isinstance(seen, AuthenticationError) or "InvalidAuthToken" in str(seen) or (
+                f"{AuthenticationError.__module__}.{AuthenticationError.__name__}" in str(seen)):
+            return True
+        seen = seen.__cause__ or seen.__context__
+    return False
+
+
+def token_refusal(address: str) -> str:
+    """The one line for a driver a token-protected cluster refused: what the cluster requires, and which part of
+    this process's settings is missing or wrong (Ray's own message is a paragraph, after a traceback)."""
+    mode = os.environ.get("RAY_AUTH_MODE")
+    token_path = os.environ.get("RAY_AUTH_TOKEN_PATH")
+    if mode != "token":
+        here = f"RAY_AUTH_MODE is {mode!r} here" if mode else "RAY_AUTH_MODE is not set here"
+    elif os.environ.get("RAY_AUTH_TOKEN"):
+        here = "the token in RAY_AUTH_TOKEN is not the cluster's"
+    elif token_path:
+        readable = os.path.isfile(token_path) and os.path.getsize(token_path) > 0
+        here = (f"the token in RAY_AUTH_TOKEN_PATH={token_path} is not the cluster's" if readable
+                else f"RAY_AUTH_TOKEN_PATH={token_path} cannot be read or is empty")
+    else:
+        default = Path.home() / ".ray" / "auth_token"
+        here = (f"the token in {default} is not the cluster's" if default.is_file()
+                else f"no token here (no RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH or {default})")
+    return (f"the Ray cluster at {address} refused this driver: it requires Ray's token authentication "
+            f"(RAY_AUTH_MODE=token and the cluster's token in RAY_AUTH_TOKEN_PATH, RAY_AUTH_TOKEN or "
+            f"~/.ray/auth_token), and {here}")
 
 
 def check_ray_listens(address: str) -> None:

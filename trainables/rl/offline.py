@@ -33,6 +33,7 @@ import numpy as np
 
 from trainables.checkpoint import CheckpointError
 from trainables.registry import ConfigError
+from trainables.rl.pickle_imports import check_pickle_imports
 
 STATS_FILE = "dataset.json"
 DATA_FILE = "transitions.parquet"
@@ -163,15 +164,17 @@ def load_checkpoint_policy(path: str, action_space: Any, *, normalized: bool | N
 
 # The files of an RLlib RLModule checkpoint (ray.rllib.utils.checkpoints.Checkpointable), both pickles. RLlib
 # unpickles them with plain pickle: no weights-only mode exists for them (the first holds the module's class), so a
-# checkpoint from someone else can run code when it is loaded, like any pickle.
+# checkpoint from someone else could run code when it is loaded; check_module_files refuses a file that imports
+# anything an RLlib module checkpoint does not (trainables/rl/pickle_imports.py).
 CTOR_FILE = "class_and_ctor_args.pkl"
 STATE_FILE = "module_state"
 
 
 def check_module_files(module_dir: str) -> None:
-    """Cheap checks before RLlib unpickles a module (two bytes a file): both files are there and look like whole
-    pickles (protocol 2+ starts with 0x80 and every pickle ends with the STOP opcode '.'); CheckpointError naming
-    the file otherwise. Catches truncated and overwritten files with the file's name instead of a pickle error."""
+    """Checks before RLlib unpickles a module: both files are there and look like whole pickles (protocol 2+
+    starts with 0x80 and every pickle ends with the STOP opcode '.'), and they import only what a module checkpoint
+    needs (read from the opcodes, nothing run); CheckpointError naming the file otherwise. Catches truncated and
+    overwritten files with the file's name instead of a pickle error, and files that would run code."""
     if os.path.isfile(os.path.join(module_dir, STATE_FILE + ".msgpack")):
         names = [CTOR_FILE]  # a msgpack state (RLlib's use_msgpack) is checked when RLlib reads it
     else:
@@ -188,6 +191,7 @@ def check_module_files(module_dir: str) -> None:
             raise CheckpointError(f"corrupt checkpoint: cannot read {file} ({err.strerror or err})") from None
         if size < 2 or first != b"\x80" or last != b".":
             raise CheckpointError(f"corrupt checkpoint file {file}: truncated or not a pickle ({size} bytes)")
+        check_pickle_imports(file)
 
 
 def _short(err: BaseException) -> str:
