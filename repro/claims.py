@@ -10,6 +10,6 @@ One module per group of parts, each saying what of its parts is not registered a
 
 from __future__ import annotations
 
-from repro import claims_detection, claims_residual, claims_search_rl
+from repro import claims_detection, claims_generative, claims_residual, claims_search_rl, claims_vision
 
-__all__ = ["claims_detection", "claims_residual", "claims_search_rl"]
+__all__ = ["claims_detection", "claims_generative", "claims_residual", "claims_search_rl", "claims_vision"]
