@@ -77,16 +77,36 @@ def _override_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
+def _split_set(flags: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+    """A variant's ``--set k=v ...`` pins (by key) and its other flags."""
+    pins: dict[str, str] = {}
+    other: list[str] = []
+    in_set = False
+    for word in flags:
+        if word.startswith("--"):
+            in_set = word == "--set"
+            if in_set:
+                continue
+        if in_set:
+            key, _, value = word.partition("=")
+            pins[key] = value
+        else:
+            other.append(word)
+    return pins, other
+
+
 def commands(claim: Claim, budget_name: str) -> list[Command]:
     """The commands that make the claim's runs at ``budget_name``: one per variant (NAS: per variant and seed)."""
     if budget_name not in claim.budgets:
         raise ClaimError(f"claim '{claim.name}' has no budget '{budget_name}'; it has {sorted(claim.budgets)}")
     budget = claim.budgets[budget_name]
     kind, *lead = claim.command.split()
-    sets = [f"{k}={_override_text(v)}" for k, v in budget.overrides.items()]
-    tail = [*budget.sweep_args, *(["--set", *sets] if sets else [])]  # --set last: it takes every word after it
     out = []
-    for variant in claim.variants:
+    for flags in claim.variants:
+        # one --set per command (argparse keeps the last): the budget's values, then the variant's pins over them
+        pins, variant = _split_set(flags)
+        sets = {**{k: _override_text(v) for k, v in budget.overrides.items()}, **pins}
+        tail = [*budget.sweep_args, *(["--set", *(f"{k}={v}" for k, v in sets.items())] if sets else [])]
         if kind == "nas":
             space = ["--space", claim.space] if claim.space else []
             for seed in range(budget.seeds):

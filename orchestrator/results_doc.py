@@ -93,36 +93,41 @@ def index_block(checked: list[Checked]) -> str:
             + markdown_table(rows, ["claim", "paper", "verdict", "effect", "budget", "command"]))
 
 
-def place(text: str, name: str, body: str, after: str | None) -> str:
-    """``text`` with the block ``name`` holding ``body``: replaced where it is, else inserted after the line
-    ``after`` (and a blank line); unchanged if neither is in the text."""
+def place(text: str, name: str, body: str, after: int | None) -> str:
+    """``text`` with the block ``name`` holding ``body``: replaced where it is, else inserted (after a blank line)
+    after the line that ends at offset ``after``; unchanged if there is neither."""
     block = f"{begin(name)}\n{body}{end(name)}"
     pattern = _block_pattern(name)
     if pattern.search(text):
         return pattern.sub(lambda _: block, text, count=1)
     if after is None:
         return text
-    match = re.search(rf"^{re.escape(after)}\n", text, re.MULTILINE)
-    if not match:
-        return text
-    return f"{text[:match.end()]}\n{block}\n{text[match.end():]}"
+    return f"{text[:after]}\n\n{block}\n{text[after:].removeprefix(chr(10))}"
 
 
-def heading_line(text: str, section: str) -> str | None:
-    """The Markdown heading line whose text is ``section`` (any level)."""
-    match = re.search(rf"^#+ {re.escape(section)}$", text, re.MULTILINE)
-    return match.group(0) if match else None
+def heading_line(text: str, section: str) -> tuple[int, str] | None:
+    """Where the heading ``section`` is: its line's end offset and the line. ``"Part V, 1b. Overlapping ..."`` is
+    the first heading of that text after the ``## Part V:`` heading (the parts number their sections alike)."""
+    start = 0
+    part = re.match(r"(Part [IVXL]+), (.+)$", section)
+    if part:
+        found = re.search(rf"^## {re.escape(part.group(1))}:.*$", text, re.MULTILINE)
+        if not found:
+            return None
+        start, section = found.end(), part.group(2)
+    match = re.compile(rf"^#+ {re.escape(section)}$", re.MULTILINE).search(text, start)
+    return (match.end(), match.group(0)) if match else None
 
 
 def render(text: str, store: Any, budget: str | None = None) -> str:
     """``text`` (RESULTS.md) with every generated block rebuilt from ``store``."""
     checked = [Checked(store, claim, budget) for claim in claims.all_claims().values()]
     first_part = re.search(r"^## .*$", text, re.MULTILINE)
-    intro_end = text[: first_part.start()].rstrip("\n").rsplit("\n", 1)[-1] if first_part else None
+    intro_end = len(text[: first_part.start()].rstrip("\n")) if first_part else None
     text = place(text, INDEX, index_block(checked), intro_end)
     for item in checked:
-        section = item.claim.results_section
-        text = place(text, item.claim.name, claim_block(item), heading_line(text, section) if section else None)
+        heading = heading_line(text, item.claim.results_section) if item.claim.results_section else None
+        text = place(text, item.claim.name, claim_block(item), heading[0] if heading else None)
     return text
 
 

@@ -2,14 +2,20 @@
 
 from __future__ import annotations
 
+import inspect
+import itertools
 import math
+import re
+from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
 
-from orchestrator import claims
+from orchestrator import claims, spaces, sweep, tracking
 from orchestrator.claims import ClaimError, better, decide, get_claim, trend
+from trainables import registry
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -107,7 +113,7 @@ def test_shipped_claims_name_existing_spaces_and_decide_on_their_params() -> Non
     shipped = claims.all_claims()
     assert len(shipped) >= 2
     for claim in shipped.values():
-        assert (ROOT / claim.space).is_file(), claim.space
+        assert claim.command == "nas" or (ROOT / claim.space).is_file(), claim.space  # nas: "" is its default space
         assert set(claims.BUDGETS) <= set(claim.budgets) and claim.sentence and claim.paper
         for preset in claim.budgets.values():
             assert preset.seeds >= claims.MIN_RUNS
@@ -146,3 +152,140 @@ def test_identical_paired_differences_have_no_p_and_decide_nothing() -> None:
     paired = better("test_mask_ap", "max", a={"roi_op": "align"}, b={"roi_op": "pool"}, by="paired")
     v = decide(paired, frame({"align": [0.7, 0.8, 0.9], "pool": [0.6, 0.7, 0.8]}))
     assert v.outcome == "inconclusive" and math.isnan(v.p)
+
+
+# ---- every shipped claim, statically: its commands validate, its arms select runs its commands make, its metrics are
+# declared, its section exists (issue 20). No Ray is started: the CLIs' own parsers and validation run.
+
+RESULTS = ROOT / "docs" / "RESULTS.md"
+
+
+def results_sections() -> set[str]:
+    """``"Part I, 1. Full pre-activation ..."``: each heading of docs/RESULTS.md under its part (section numbers
+    repeat from part to part, so a claim names both)."""
+    part, found = "", set()
+    for line in RESULTS.read_text().splitlines():
+        if (heading := re.match(r"## (Part [IVX]+):", line)) is not None:
+            part = heading.group(1)
+        elif (heading := re.match(r"#{3,4} (.+?)\s*$", line)) is not None and part:
+            found.add(f"{part}, {heading.group(1)}")
+    return found
+
+
+def split_variant(variant: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
+    """A variant's ``--set`` pins as typed overrides, and its other flags."""
+    pins: list[str] = []
+    other: list[str] = []
+    in_set = False
+    for item in variant:
+        if item.startswith("--"):
+            in_set = item == "--set"
+            if in_set:
+                continue
+        (pins if in_set else other).append(item)
+    return spaces.parse_overrides(pins), other
+
+
+def trial_params(claim: claims.Claim, preset: str) -> tuple[registry.TrainableSpec, list[dict[str, str]]]:
+    """The params (as MLflow stores them) of every trial a sweep or rl claim's commands launch at ``preset``: the
+    space with the budget's overrides and each variant's pins, validated as the CLI does before Ray starts."""
+    budget = claim.budgets[preset]
+    rows: list[dict[str, str]] = []
+    spec = None
+    for variant in claim.variants:
+        pins, other = split_variant(variant)
+        assert not other, f"{claim.name}: a {claim.command} variant only pins values, got {other}"
+        space = spaces.load_space(str(ROOT / claim.space)).with_overrides({**budget.overrides, **pins})
+        space.seeds = budget.seeds
+        spec = registry.get(space.trainable)
+        if claim.command.startswith("rl"):
+            assert space.trainable == claim.command.split()[1], f"{claim.name}: space is for {space.trainable}"
+        base = space.validate(spec)
+        combos = space.variants if space.variants is not None else [
+            dict(zip(space.searched, values, strict=True))
+            for values in itertools.product(*(prim["grid"] for prim in space.searched.values()))]
+        for combo in combos:
+            for offset in range(budget.seeds):
+                config = spec.resolve({**space.fixed, **combo, "seed": int(base["seed"]) + offset})
+                rows.append(tracking.flatten(config))
+    assert spec is not None
+    return spec, rows
+
+
+def search_params(claim: claims.Claim, preset: str) -> list[dict[str, str]]:
+    """The parent-run params of every search a ``nas`` claim's commands launch at ``preset`` (one per seed and
+    variant), from ``orchestrator.nas``'s own plan, which validates the children's config."""
+    from orchestrator import nas
+    from repro.claims_common import pin
+
+    budget = claim.budgets[preset]
+    rows = []
+    for variant in claim.variants:
+        pins, other = split_variant(variant)
+        overrides = {**budget.overrides, **pins}
+        for seed in range(budget.seeds):
+            argv = ["--seed", str(seed), *(["--space", claim.space] if claim.space else []), *budget.sweep_args,
+                    *other, *(pin(**overrides) if overrides else ())]
+            rows.append(tracking.flatten(nas.plan(nas.build_parser().parse_args(argv)).params))
+    return rows
+
+
+def arms(spec: claims.Comparison) -> list[Mapping[str, Any]]:
+    if isinstance(spec, claims.Better):
+        return [spec.a, spec.b]
+    return [spec.where]
+
+
+def selected(rows: list[dict[str, str]], selector: Mapping[str, Any]) -> list[dict[str, str]]:
+    # decide() compares a selector's values as the strings MLflow logged
+    return [row for row in rows if all(row.get(key) == str(value) for key, value in selector.items())]
+
+
+def nas_parent_metrics() -> dict[str, str]:
+    """The summary metrics a NAS parent run logs (orchestrator/nas.py's log_summary) and which way is better."""
+    from orchestrator import nas
+
+    source = inspect.getsource(nas.log_summary)
+    names = ("best_reward", "best_accuracy", "best_latency_ms", "reward_first_quarter", "reward_last_quarter")
+    return {name: "min" if "latency" in name else "max" for name in names if f'"{name}"' in source}
+
+
+SHIPPED = sorted(claims.all_claims())
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_claim_names_a_results_section_and_a_fitting_unit(name: str) -> None:
+    claim = get_claim(name)
+    assert claim.results_section in results_sections(), f"{name}: no heading '{claim.results_section}'"
+    assert (claim.unit == "search") == (claim.command == "nas"), f"{name}: a NAS search is one sample, a trial is"
+    if claim.command != "nas":
+        assert (ROOT / claim.space).is_file(), claim.space
+
+
+@pytest.mark.parametrize("preset", claims.BUDGETS)
+@pytest.mark.parametrize("name", SHIPPED)
+def test_a_shipped_claims_budget_validates_and_its_arms_select_runs(name: str, preset: str) -> None:
+    claim = get_claim(name)
+    spec = claim.comparison
+    budget = claim.budgets[preset]
+    if claim.command == "nas":
+        rows = search_params(claim, preset)
+        declared = nas_parent_metrics()
+        for metric, mode in ((spec.metric, spec.mode), (getattr(spec, "b_metric", None) or spec.metric, spec.mode),
+                             (claim.select_metric, None)):
+            assert metric in declared, f"{name}: a NAS parent run logs no metric '{metric}'"
+            assert mode in (None, declared[metric]), f"{name}: {metric} is better when {declared[metric]}"
+    else:
+        parser = sweep.build_parser()
+        parser.parse_args([claim.space, "--seeds", str(budget.seeds), *budget.sweep_args])  # the flags exist
+        trainable, rows = trial_params(claim, preset)
+        for metric in (spec.metric, getattr(spec, "b_metric", None) or spec.metric):
+            assert trainable.mode(metric) == spec.mode, f"{name}: {metric} is better when {trainable.mode(metric)}"
+        trainable.mode(claim.select_metric)  # declared, or ConfigError
+    # every arm is made by the claim's own commands, with at least MIN_RUNS runs (seeds) in it
+    for selector in arms(spec):
+        chosen = selected(rows, selector)
+        assert len(chosen) >= claims.MIN_RUNS, f"{name} ({preset}): arm {dict(selector)} selects {len(chosen)} runs"
+    if isinstance(spec, claims.Trend):
+        values = {row.get(spec.over) for row in selected(rows, spec.where)}
+        assert len(values) >= 2, f"{name}: a trend over '{spec.over}' needs two values, the runs have {values}"

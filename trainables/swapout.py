@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from trainables.classification import EvalModes, register_classifier
+from trainables.classification import CLASSIFICATION_METRICS, EvalModes, register_classifier
 from trainables.data import DatasetBundle
 from trainables.identity_mappings import make_branch
 from trainables.layers import OptionAShortcut, SeededDraws, block_seed
@@ -215,7 +215,13 @@ def paired_inference(config: Mapping[str, Any]) -> EvalModes | None:
     return {"deterministic": None, "stochastic": lambda net: net.inferring("stochastic")}
 
 
+# inference=both reports {split}_{error,loss}_{mode} beside the plain metrics: declared, so that a sweep, compare or
+# a claim (the paired stochastic-vs-deterministic test of Part I, claim 4) may rank and read them.
+SWAPOUT_METRICS = {**CLASSIFICATION_METRICS, **{f"{split}_{kind}_{mode}": "min" for split in ("val", "test")
+                                                for kind in ("error", "loss") for mode in INFERENCE}}
+
 train_swapout = register_classifier(
     "swapout", swapout_from_config, defaults=SWAPOUT_DEFAULTS, validate=validate_swapout, eval_modes=paired_inference,
+    metrics=SWAPOUT_METRICS,
     description="Swapout (Singh et al. 2016) on a pre-activation ResNet: rate schedule, deterministic or stochastic "
                 "inference.")
