@@ -136,8 +136,23 @@ def machine() -> str:
 
 def parent_tags(claim: Claim, budget_name: str, command: Command, code: str) -> dict[str, str]:
     """What a claim's command tags its parent run with: how a later ``repro`` finds it, and what the report cites."""
-    return {f"{TAG}claim": claim.name, f"{TAG}budget": budget_name, f"{TAG}key": command.key(claim, code),
+    tags = {f"{TAG}claim": claim.name, f"{TAG}budget": budget_name, f"{TAG}key": command.key(claim, code),
             f"{TAG}code": code, f"{TAG}command": command.line(), f"{TAG}machine": machine()}
+    if uncommitted_sources():
+        tags[f"{TAG}uncommitted"] = "true"  # the commit tag alone would not say which code ran
+    return tags
+
+
+def uncommitted_sources(root: Path = REPO) -> bool:
+    """Whether the checkout's result-deciding sources differ from its commit (False outside git)."""
+    import subprocess
+
+    try:
+        out = subprocess.run(["git", "status", "--porcelain", "--", "orchestrator", "trainables", "search_spaces",
+                              "repro"], cwd=root, capture_output=True, text=True, timeout=10, check=True)
+    except (OSError, subprocess.SubprocessError):
+        return False
+    return any(line.strip() for line in out.stdout.splitlines())
 
 
 def client(tracking_uri: str) -> Any:

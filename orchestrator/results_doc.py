@@ -66,6 +66,8 @@ class Checked:
         tags = newest.data.tags
         when = dt.datetime.fromtimestamp((newest.info.end_time or newest.info.start_time) / 1000, dt.UTC)
         commit = tags.get("mlflow.source.git.commit", "")[:7] or "unknown"
+        if tags.get("repro.uncommitted"):
+            commit += " with uncommitted changes"
         return (f"{len(self.parents)} command(s), last finished {when:%Y-%m-%d %H:%M} UTC; commit `{commit}`, code "
                 f"version `{tags.get('repro.code', '?')}`; {tags.get('repro.machine', 'machine not recorded')}")
 
@@ -76,8 +78,8 @@ def claim_block(checked: Checked) -> str:
         return (f"**Checked as code:** not yet at the laptop or GPU budget. `{checked.command()}` runs it and "
                 "decides it; the numbers below were run by hand.\n")
     commands = sorted({p.data.tags.get("repro.command", "") for p in checked.parents})
-    lines = [f"**Checked as code** (`{checked.command()}`): **{checked.verdict.outcome}**. "
-             f"{checked.verdict.line().split(': ', 1)[1]}.", "",
+    numbers = checked.verdict.line().split(": ", 1)[1]
+    lines = [f"**Checked as code** (`{checked.command()}`): **{checked.verdict.outcome}**; {numbers}.", "",
              markdown_table(checked.table).rstrip("\n"), "",
              f"Claim: {claim.sentence} ({claim.paper}). Runs: {checked.provenance()}. "
              + "Commands: " + "; ".join(f"`{c}`" for c in commands) + "."]

@@ -120,8 +120,8 @@ def test_shipped_claims_name_existing_spaces_and_decide_on_their_params() -> Non
     roi = get_claim("mask_rcnn_roialign")
     text = (ROOT / roi.space).read_text()
     assert "roi_op" in text and roi.select_metric in text  # the claim names the space's own key and metric
-    runs = frame({"align": [0.72, 0.73, 0.74], "pool": [0.52, 0.51, 0.54]})
-    assert decide(roi, runs).outcome == "reproduced"
+    runs = frame({"align": [0.72, 0.73, 0.74], "pool": [0.52, 0.51, 0.54]}, metric="selected/test_mask_ap")
+    assert roi.read_at == "selected" and decide(roi, runs).outcome == "reproduced"
 
 
 def test_a_missing_column_is_one_line() -> None:

@@ -45,7 +45,7 @@ def test_a_claim_is_checked_once_and_reused_then_listed_and_reported(tmp_path: P
     assert tags["repro.code"] == claim_runs.code_version()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
     table = client.download_artifacts(parents[0].info.run_id, "repro/verdict.md", str(tmp_path))
-    assert "| roi_op=align | test_mask_ap (final) |" in Path(table).read_text()
+    assert "| roi_op=align | test_mask_ap (selected) |" in Path(table).read_text()
 
     # the same claim, budget and code again: every command is reused, nothing trains, the verdict is the same
     second = repro([CLAIM, "--budget", "smoke"], tmp_path, ray_address)
@@ -164,3 +164,23 @@ def test_all_reports_each_claim_and_fails_if_one_could_not_run(monkeypatch, caps
     out = capsys.readouterr()
     assert status == 1 and f"{names[0]}: skipped: needs 1 GPU per trial" in out.out
     assert all(f"{name}: inconclusive: effect +0.1" in out.out for name in names[1:])
+
+
+def test_every_claims_commands_carry_its_budget_and_pins_to_the_cli() -> None:
+    from orchestrator import nas, rl, spaces, sweep
+
+    parsers = {"orchestrator.sweep": sweep.build_parser(), "orchestrator.nas": nas.build_parser(),
+               "orchestrator.rl": rl.build_parser()}
+    for claim in claims.all_claims().values():
+        for budget_name, budget in claim.budgets.items():
+            for command, flags in zip(claim_runs.commands(claim, budget_name),
+                                      _variants_per_command(claim, budget.seeds), strict=True):
+                args = parsers[command.module].parse_args(command.runnable())
+                pins, _ = claim_runs._split_set(flags)
+                expected = {**budget.overrides, **spaces.parse_overrides([f"{k}={v}" for k, v in pins.items()])}
+                assert spaces.parse_overrides(args.set) == expected, (claim.name, budget_name, command.line())
+
+
+def _variants_per_command(claim: claims.Claim, seeds: int) -> list[tuple[str, ...]]:
+    """The variant behind each of a claim's commands, in order (a NAS claim runs each variant once per seed)."""
+    return [v for v in claim.variants for _ in range(seeds if claim.command == "nas" else 1)]
