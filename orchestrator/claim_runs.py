@@ -45,11 +45,6 @@ def code_version(root: Path = REPO) -> str:
     return digest.hexdigest()[:12]
 
 
-def experiment_name(claim: Claim) -> str:
-    """Every command of a claim records into one MLflow experiment of its own."""
-    return f"repro-{claim.name}"
-
-
 @dataclass(frozen=True)
 class Command:
     """One command line of a claim's budget, as ``python -m MODULE ARGV`` (where it runs is added at run time)."""
@@ -57,6 +52,13 @@ class Command:
     module: str
     argv: tuple[str, ...]
     resume_lead: tuple[str, ...]  # what precedes --resume to continue it (the space, the algorithm)
+    space: str = ""  # the search space it runs, if any (names its MLflow experiment)
+
+    def experiment(self) -> str:
+        """Its MLflow experiment: one per search space, so claims that share a sweep share its runs there, and one
+        per command without a space (``repro-nas``, ``repro-bc``)."""
+        stem = Path(self.space).stem if self.space else (self.resume_lead or (self.module.rsplit(".", 1)[-1],))[0]
+        return f"repro-{stem}"
 
     def runnable(self, argv: tuple[str, ...] | list[str] | None = None) -> list[str]:
         """``argv`` (default: the command's) as run from any working directory: a space file named relative to the
@@ -64,8 +66,10 @@ class Command:
         return [str(REPO / word) if word.endswith((".yaml", ".yml")) and (REPO / word).is_file() else word
                 for word in (self.argv if argv is None else argv)]
 
-    def key(self, claim: Claim, code: str) -> str:
-        text = json.dumps([claim.name, self.module, list(self.argv), code])
+    def key(self, code: str) -> str:
+        """The command's identity: its line and the code version. Not the claim: two claims that need the same
+        command (two comparisons on one sweep) share one run of it."""
+        text = json.dumps([self.module, list(self.argv), code])
         return hashlib.sha256(text.encode()).hexdigest()[:16]
 
     def line(self) -> str:
@@ -110,13 +114,14 @@ def commands(claim: Claim, budget_name: str) -> list[Command]:
         if kind == "nas":
             space = ["--space", claim.space] if claim.space else []
             for seed in range(budget.seeds):
-                out.append(Command("orchestrator.nas", (*lead, *space, "--seed", str(seed), *variant, *tail), ()))
+                out.append(Command("orchestrator.nas", (*lead, *space, "--seed", str(seed), *variant, *tail), (),
+                                   claim.space))
         elif kind == "rl":
             out.append(Command("orchestrator.rl", (*lead, "--sweep", claim.space, "--seeds", str(budget.seeds),
-                                                   *variant, *tail), tuple(lead)))
+                                                   *variant, *tail), tuple(lead), claim.space))
         else:
             out.append(Command("orchestrator.sweep", (claim.space, "--seeds", str(budget.seeds), *variant, *tail),
-                               (claim.space,)))
+                               (claim.space,), claim.space))
     return out
 
 
@@ -136,7 +141,7 @@ def machine() -> str:
 
 def parent_tags(claim: Claim, budget_name: str, command: Command, code: str) -> dict[str, str]:
     """What a claim's command tags its parent run with: how a later ``repro`` finds it, and what the report cites."""
-    tags = {f"{TAG}claim": claim.name, f"{TAG}budget": budget_name, f"{TAG}key": command.key(claim, code),
+    tags = {f"{TAG}claims": f" {claim.name} ", f"{TAG}budget": budget_name, f"{TAG}key": command.key(code),
             f"{TAG}code": code, f"{TAG}command": command.line(), f"{TAG}machine": machine()}
     if uncommitted_sources():
         tags[f"{TAG}uncommitted"] = "true"  # the commit tag alone would not say which code ran
@@ -161,23 +166,41 @@ def client(tracking_uri: str) -> Any:
     return MlflowClient(tracking_uri=tracking_uri)
 
 
+def _experiment_ids(mlflow: Any, names: set[str]) -> list[str]:
+    found = [mlflow.get_experiment_by_name(name) for name in sorted(names)]
+    return [e.experiment_id for e in found if e is not None]
+
+
 def claim_parents(mlflow: Any, claim: Claim, budget_name: str | None = None) -> list[Any]:
-    """The claim's parent runs, newest first (of one budget when given)."""
-    experiment = mlflow.get_experiment_by_name(experiment_name(claim))
-    if experiment is None:
+    """The parent runs a claim ran or adopted, newest first (of one budget when given). The ``repro.claims`` tag
+    lists the claims of a run with a space on each side, so one name never matches inside another."""
+    names = {c.experiment() for budget in claim.budgets for c in commands(claim, budget)}
+    ids = _experiment_ids(mlflow, names)
+    if not ids:
         return []
-    query = f"tags.`{TAG}claim` = '{claim.name}'"
+    query = f"tags.`{TAG}claims` LIKE '% {claim.name} %'"
     if budget_name:
         query += f" and tags.`{TAG}budget` = '{budget_name}'"
-    return mlflow.search_runs([experiment.experiment_id], filter_string=query, max_results=10_000,
+    return mlflow.search_runs(ids, filter_string=query, max_results=10_000, order_by=["attributes.start_time DESC"])
+
+
+def command_parent(mlflow: Any, command: Command, code: str) -> Any | None:
+    """The newest parent run of ``command`` at code version ``code``, whichever claim ran it (FINISHED preferred:
+    a rerun after a finished one is never needed)."""
+    ids = _experiment_ids(mlflow, {command.experiment()})
+    if not ids:
+        return None
+    runs = mlflow.search_runs(ids, filter_string=f"tags.`{TAG}key` = '{command.key(code)}'", max_results=1000,
                               order_by=["attributes.start_time DESC"])
+    finished = [run for run in runs if run.info.status == "FINISHED"]
+    return (finished or runs or [None])[0]
 
 
-def latest_by_key(parents: list[Any], key: str) -> Any | None:
-    """The newest parent run of a command key (FINISHED preferred: a rerun after a finished one is never needed)."""
-    mine = [run for run in parents if run.data.tags.get(f"{TAG}key") == key]
-    finished = [run for run in mine if run.info.status == "FINISHED"]
-    return (finished or mine or [None])[0]
+def adopt(mlflow: Any, run: Any, claim: Claim) -> None:
+    """Add ``claim`` to the claims of ``run`` (another claim's run of the same command, reused)."""
+    listed = run.data.tags.get(f"{TAG}claims", " ")
+    if f" {claim.name} " not in listed:
+        mlflow.set_tag(run.info.run_id, f"{TAG}claims", f"{listed}{claim.name} ")
 
 
 def newest_round(parents: list[Any]) -> list[Any]:
@@ -254,12 +277,19 @@ def decide(store: Any, claim: Claim, parents: list[Any]) -> tuple[claims.Verdict
 
 def log_verdict(mlflow: Any, parents: list[Any], claim: Claim, verdict: claims.Verdict, table: pd.DataFrame) -> None:
     """The verdict on every parent run it was decided from: tags to filter on, and the arms' table as an artifact."""
-    tags = {f"{TAG}verdict": verdict.outcome, f"{TAG}effect": f"{verdict.effect:.6g}",
-            f"{TAG}interval": f"{verdict.interval[0]:.6g} {verdict.interval[1]:.6g}", f"{TAG}p": f"{verdict.p:.6g}",
-            f"{TAG}n": f"{verdict.n_a} {verdict.n_b}", f"{TAG}test": f"{verdict.test} at {verdict.level:.0%}",
-            f"{TAG}verdict_line": verdict.line(), f"{TAG}decided_from": " ".join(r.info.run_id for r in parents)}
+    prefix = verdict_tag(claim, "")  # a run shared by several claims carries each one's verdict
+    tags = {f"{prefix}verdict": verdict.outcome, f"{prefix}effect": f"{verdict.effect:.6g}",
+            f"{prefix}interval": f"{verdict.interval[0]:.6g} {verdict.interval[1]:.6g}",
+            f"{prefix}p": f"{verdict.p:.6g}", f"{prefix}n": f"{verdict.n_a} {verdict.n_b}",
+            f"{prefix}test": f"{verdict.test} at {verdict.level:.0%}", f"{prefix}verdict_line": verdict.line(),
+            f"{prefix}decided_from": " ".join(r.info.run_id for r in parents)}
     text = f"# {claim.name}: {verdict.line()}\n\n{claim.sentence}\n\n{markdown_table(table)}"
     for run in parents:
         for key, value in tags.items():
             mlflow.set_tag(run.info.run_id, key, value)
-        mlflow.log_text(run.info.run_id, text, "repro/verdict.md")
+        mlflow.log_text(run.info.run_id, text, f"repro/{claim.name}.md")
+
+
+def verdict_tag(claim: Claim, field: str) -> str:
+    """The tag of a claim's verdict ``field`` on a parent run (``repro.CLAIM.verdict_line``)."""
+    return f"{TAG}{claim.name}.{field}"

@@ -145,13 +145,13 @@ def check_claim(claim: Claim, budget: str, args: argparse.Namespace) -> tuple[in
     print(f"claim '{claim.name}' ({claim.paper}) at budget {budget}: {claim.sentence}")
     status = 0
     for command in commands:
-        key = command.key(claim, code)
-        prior = claim_runs.latest_by_key(claim_runs.claim_parents(store, claim, budget), key)
+        prior = claim_runs.command_parent(store, command, code)
         if prior is not None and prior.info.status == "FINISHED":
             print(f"reusing the finished run {prior.info.run_id} of: {command.line()}")
+            claim_runs.adopt(store, prior, claim)
             continue
         tags = claim_runs.parent_tags(claim, budget, command, code)
-        argv = [*command.argv, "--experiment", claim_runs.experiment_name(claim), *location_flags(args)]
+        argv = [*command.argv, "--experiment", command.experiment(), *location_flags(args)]
         resume = resume_argv(command, prior, args) if prior is not None and prior.info.status == "KILLED" else None
         if resume:
             print(f"continuing the interrupted run {prior.info.run_id} of: {command.line()}")
@@ -168,9 +168,9 @@ def check_claim(claim: Claim, budget: str, args: argparse.Namespace) -> tuple[in
                   file=sys.stderr)
             return result, None
         status = max(status, result)
-    parents = [claim_runs.latest_by_key(claim_runs.claim_parents(store, claim, budget), c.key(claim, code))
-               for c in commands]
-    parents = [p for p in parents if p is not None]
+    parents = [p for p in (claim_runs.command_parent(store, c, code) for c in commands) if p is not None]
+    for parent in parents:  # a resumed run another claim started is this claim's too
+        claim_runs.adopt(store, parent, claim)
     verdict, table = claim_runs.decide(store, claim, parents)
     print_verdict(claim, verdict, table)
     if parents:
@@ -224,9 +224,10 @@ def list_claims(uri: str) -> int:
     for name, claim in claims.all_claims().items():
         last = "not checked yet"
         for run in claim_runs.claim_parents(store, claim) if store else []:
-            if "repro.verdict_line" in run.data.tags:
+            line = run.data.tags.get(claim_runs.verdict_tag(claim, "verdict_line"))
+            if line:
                 when = dt.datetime.fromtimestamp(run.info.start_time / 1000, dt.UTC).strftime("%Y-%m-%d")
-                last = f"{run.data.tags['repro.verdict_line']} ({run.data.tags['repro.budget']}, {when})"
+                last = f"{line} ({run.data.tags['repro.budget']}, {when})"
                 break
         table.add_row(name, claim.paper, f"{claim.command} {claim.space}".strip(), last)
     Console(width=200).print(table)

@@ -18,7 +18,10 @@ from typing import Any
 from orchestrator import claim_runs, claims
 from orchestrator.claims import Claim
 
-FORMAT = 1
+FORMAT = 2
+# what identifies a parent run and says where it was made; verdicts are not kept: the report decides again
+IDENTITY_TAGS = ("repro.claims", "repro.budget", "repro.key", "repro.code", "repro.command", "repro.machine",
+                 "repro.uncommitted", "mlflow.source.git.commit")
 SNAPSHOT = Path(__file__).resolve().parents[1] / "repro" / "results_store.json"
 
 
@@ -56,32 +59,40 @@ def _run(store: Any, run: Any, metrics: list[str], histories: bool, params: set[
 
 def export(store: Any, path: Path, budget: str | None = None) -> list[str]:
     """Write (merge into) the snapshot at ``path`` the reported runs of every claim ``store`` holds; returns the
-    claims written. A claim the store has no runs of keeps its entry from the file."""
+    claims written. A parent run shared by claims is written once, with what each of them reads; a run the store
+    has no newer copy of keeps its entry from the file."""
     from orchestrator import results_doc
 
-    entries = json.loads(path.read_text())["claims"] if path.is_file() else {}
+    kept = json.loads(path.read_text()).get("runs", []) if path.is_file() else []
+    chosen: dict[str, dict[str, Any]] = {}  # parent run id -> the parent and what its claims read
     written = []
     for name, claim in claims.all_claims().items():
         checked = results_doc.Checked(store, claim, budget)
-        if not checked.parents:
-            continue
-        metrics, histories = _metrics_read(claim), claim.read_at == "selected"
-        parents = []
         for parent in checked.parents:
-            search = claim.unit == "search"  # the parent is the sample: keep what the verdict reads of it
-            entry = _run(store, parent, metrics if search else [], histories, _params_read(claim) if search else None)
-            entry["tags"] = {k: v for k, v in sorted(parent.data.tags.items())
-                             if k.startswith((claim_runs.TAG, "mlflow.source.git")) and k != "repro.decided_from"}
-            if claim.unit == "trial":
-                children = store.search_runs([parent.info.experiment_id], max_results=10_000,
-                                             filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
-                                             order_by=["attributes.start_time ASC"])
-                entry["children"] = [_run(store, child, metrics, histories, _params_read(claim))
-                                     for child in children]
-            parents.append(entry)
-        entries[name] = {"experiment": claim_runs.experiment_name(claim), "parents": parents}
-        written.append(name)
-    path.write_text(json.dumps({"format": FORMAT, "claims": dict(sorted(entries.items()))}, indent=1) + "\n")
+            need = chosen.setdefault(parent.info.run_id, {"run": parent, "metrics": set(), "params": set(),
+                                                          "histories": False, "search": False})
+            need["metrics"] |= set(_metrics_read(claim))
+            need["params"] |= _params_read(claim)
+            need["histories"] |= claim.read_at == "selected"
+            need["search"] |= claim.unit == "search"
+        if checked.parents:
+            written.append(name)
+    entries = []
+    for need in chosen.values():
+        parent, metrics, histories = need["run"], sorted(need["metrics"]), need["histories"]
+        entry = _run(store, parent, metrics if need["search"] else [], histories,
+                     need["params"] if need["search"] else None)
+        entry["experiment"] = store.get_experiment(parent.info.experiment_id).name
+        entry["tags"] = {k: v for k, v in sorted(parent.data.tags.items()) if k in IDENTITY_TAGS}
+        children = store.search_runs([parent.info.experiment_id], max_results=10_000,
+                                     filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+                                     order_by=["attributes.start_time ASC"])
+        entry["children"] = [_run(store, child, metrics, histories, need["params"]) for child in children]
+        entries.append(entry)
+    keys = {(e["tags"].get("repro.key"), e["tags"].get("repro.code")) for e in entries}
+    entries += [e for e in kept if (e["tags"].get("repro.key"), e["tags"].get("repro.code")) not in keys]
+    entries.sort(key=lambda e: (e["experiment"], e["start_time"]))
+    path.write_text(json.dumps({"format": FORMAT, "runs": entries}, indent=1) + "\n")
     return written
 
 
@@ -107,13 +118,12 @@ def load(path: Path, store: Any) -> int:
     if data.get("format") != FORMAT:
         raise claims.ClaimError(f"{path}: snapshot format {data.get('format')!r}, this code reads {FORMAT}")
     count = 0
-    for entry in data["claims"].values():
-        experiment = store.get_experiment_by_name(entry["experiment"])
-        experiment_id = experiment.experiment_id if experiment else store.create_experiment(entry["experiment"])
-        for parent in entry["parents"]:
-            parent_id = _write(store, experiment_id, parent, parent["tags"])
+    for parent in data["runs"]:
+        experiment = store.get_experiment_by_name(parent["experiment"])
+        experiment_id = experiment.experiment_id if experiment else store.create_experiment(parent["experiment"])
+        parent_id = _write(store, experiment_id, parent, parent["tags"])
+        count += 1
+        for child in parent.get("children", []):
+            _write(store, experiment_id, child, {"mlflow.parentRunId": parent_id})
             count += 1
-            for child in parent.get("children", []):
-                _write(store, experiment_id, child, {"mlflow.parentRunId": parent_id})
-                count += 1
     return count

@@ -25,7 +25,7 @@ def repro(args: list[str], cwd: Path, ray_address: str | None = None) -> object:
 
 def all_runs(store: Path) -> list:
     client = MlflowClient(tracking_uri=f"sqlite:///{store}")
-    experiment = client.get_experiment_by_name(f"repro-{CLAIM}")
+    experiment = client.get_experiment_by_name("repro-mask_rcnn_roi")  # a claim's runs are in its space's experiment
     return client.search_runs([experiment.experiment_id], max_results=1000)
 
 
@@ -39,12 +39,12 @@ def test_a_claim_is_checked_once_and_reused_then_listed_and_reported(tmp_path: P
     parents = [r for r in runs if "mlflow.parentRunId" not in r.data.tags]
     assert len(parents) == 1 and len(runs) == 7  # one sweep: 2 roi ops x 3 seeds
     tags = parents[0].data.tags
-    assert tags["repro.claim"] == CLAIM and tags["repro.budget"] == "smoke"
-    assert tags["repro.verdict_line"] == verdict.removeprefix("verdict: ")
-    assert tags["repro.verdict"] in ("reproduced", "not reproduced", "inconclusive")
+    assert tags["repro.claims"] == f" {CLAIM} " and tags["repro.budget"] == "smoke"
+    assert tags[f"repro.{CLAIM}.verdict_line"] == verdict.removeprefix("verdict: ")
+    assert tags[f"repro.{CLAIM}.verdict"] in ("reproduced", "not reproduced", "inconclusive")
     assert tags["repro.code"] == claim_runs.code_version()
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
-    table = client.download_artifacts(parents[0].info.run_id, "repro/verdict.md", str(tmp_path))
+    table = client.download_artifacts(parents[0].info.run_id, f"repro/{CLAIM}.md", str(tmp_path))
     assert "| roi_op=align | test_mask_ap (selected) |" in Path(table).read_text()
 
     # the same claim, budget and code again: every command is reused, nothing trains, the verdict is the same
@@ -86,13 +86,12 @@ def test_the_committed_results_are_what_the_committed_snapshot_gives(tmp_path: P
     assert "-| " in result.stdout and "+| " in result.stdout  # the diff names the line
 
 
-def test_every_reported_claim_in_the_snapshot_is_a_registered_one() -> None:
+def test_every_run_in_the_snapshot_is_a_registered_claims_reported_budget() -> None:
     data = json.loads(run_snapshot.SNAPSHOT.read_text())
-    assert set(data["claims"]) <= set(claims.all_claims())
-    for name, entry in data["claims"].items():
-        assert entry["parents"], name
-        for parent in entry["parents"]:
-            assert parent["tags"]["repro.budget"] in results_doc.REPORTED_BUDGETS, name
+    assert data["runs"]
+    for parent in data["runs"]:
+        assert set(parent["tags"]["repro.claims"].split()) <= set(claims.all_claims())
+        assert parent["tags"]["repro.budget"] in results_doc.REPORTED_BUDGETS and parent["children"]
 
 
 def test_the_selected_read_is_the_reported_metric_at_the_best_validation_report() -> None:
@@ -132,7 +131,7 @@ def test_a_budget_becomes_commands_whose_identity_ignores_where_they_run(tmp_pat
     (sweep,) = claim_runs.commands(base, "smoke")
     assert sweep.runnable()[0] == str(REPO / "search_spaces" / "mask_rcnn_roi.yaml")  # runs from any folder
     assert sweep.line().startswith("python -m orchestrator.sweep search_spaces/mask_rcnn_roi.yaml")
-    assert sweep.key(base, "v1") == sweep.key(base, "v1") != sweep.key(base, "v2")
+    assert sweep.key("v1") == sweep.key("v1") != sweep.key("v2") and sweep.experiment() == "repro-mask_rcnn_roi"
     with pytest.raises(claims.ClaimError, match="no budget 'huge'"):
         claim_runs.commands(base, "huge")
 
@@ -184,3 +183,19 @@ def test_every_claims_commands_carry_its_budget_and_pins_to_the_cli() -> None:
 def _variants_per_command(claim: claims.Claim, seeds: int) -> list[tuple[str, ...]]:
     """The variant behind each of a claim's commands, in order (a NAS claim runs each variant once per seed)."""
     return [v for v in claim.variants for _ in range(seeds if claim.command == "nas" else 1)]
+
+
+def test_two_claims_on_one_sweep_share_its_runs(tmp_path: Path, ray_address: str) -> None:
+    first = repro(["gumbel_annealing_soft", "--budget", "smoke"], tmp_path, ray_address)
+    assert first.returncode == 0, first.stderr[-3000:]
+    second = repro(["gumbel_annealing_straight_through", "--budget", "smoke"], tmp_path, ray_address)
+    assert second.returncode == 0, second.stderr[-3000:]
+    assert "reusing the finished run" in second.stdout and "running:" not in second.stdout
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("repro-gumbel_temperature")
+    parents = [r for r in client.search_runs([experiment.experiment_id]) if "mlflow.parentRunId" not in r.data.tags]
+    assert len(parents) == 1  # one sweep, two claims, each verdict on it
+    tags = parents[0].data.tags
+    assert tags["repro.claims"] == " gumbel_annealing_soft gumbel_annealing_straight_through "
+    for name, output in (("gumbel_annealing_soft", first), ("gumbel_annealing_straight_through", second)):
+        assert f"verdict: {tags[f'repro.{name}.verdict_line']}" in output.stdout
