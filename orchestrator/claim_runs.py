@@ -117,8 +117,11 @@ def commands(claim: Claim, budget_name: str) -> list[Command]:
                 out.append(Command("orchestrator.nas", (*lead, *space, "--seed", str(seed), *variant, *tail), (),
                                    claim.space))
         elif kind == "rl":
-            out.append(Command("orchestrator.rl", (*lead, "--sweep", claim.space, "--seeds", str(budget.seeds),
-                                                   *variant, *tail), tuple(lead), claim.space))
+            # "rl ALGO": every variant runs ALGO; a bare "rl": each variant names its algorithm first (CRR vs BC)
+            algo, rest = (lead, variant) if lead else (variant[:1], variant[1:])
+            sweep = ["--sweep", claim.space] if claim.space else []
+            out.append(Command("orchestrator.rl", (*algo, *sweep, "--seeds", str(budget.seeds), *rest, *tail),
+                               tuple(algo), claim.space))
         else:
             out.append(Command("orchestrator.sweep", (claim.space, "--seeds", str(budget.seeds), *variant, *tail),
                                (claim.space,), claim.space))

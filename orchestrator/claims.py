@@ -231,10 +231,14 @@ def _param_column(runs: pd.DataFrame, key: str) -> str:
 
 
 def _select(runs: pd.DataFrame, selector: Mapping[str, Any]) -> pd.DataFrame:
-    # MLflow stores params as strings, so the selector's values are compared as the strings MLflow logged
+    # MLflow stores params as strings, so the selector's values are compared as the strings MLflow logged. A key
+    # "tags.X" selects on a run tag instead: arms of different trainables ({"tags.trainable": "bc"}) share no param.
     mask = pd.Series(True, index=runs.index)
     for key, value in selector.items():
-        mask &= runs[_param_column(runs, key)].astype(str) == str(value)
+        column = key if key.startswith("tags.") else _param_column(runs, key)
+        if column not in runs:
+            raise ClaimError(f"the runs have no tag '{key.removeprefix('tags.')}' (no column {column})")
+        mask &= runs[column].astype(str) == str(value)
     return runs[mask]
 
 

@@ -35,7 +35,8 @@ def _metrics_read(claim: Claim) -> list[str]:
 
 
 def _params_read(claim: Claim) -> set[str]:
-    """The params a verdict selects and pairs on: the arms' keys, a trend's swept key, the pairing key."""
+    """The params (and ``tags.X``) a verdict selects and pairs on: the arms' keys, a trend's swept key, the pairing
+    key."""
     spec = claim.comparison
     keys = {*getattr(spec, "a", {}), *getattr(spec, "b", {}), *getattr(spec, "where", {}), "seed"}
     keys |= {key for key in (getattr(spec, "over", None), getattr(spec, "pair_by", None)) if key}
@@ -46,6 +47,10 @@ def _run(store: Any, run: Any, metrics: list[str], histories: bool, params: set[
     kept = {k: v for k, v in run.data.params.items() if params is None or k in params}
     out = {"status": run.info.status, "start_time": run.info.start_time, "end_time": run.info.end_time,
            "params": dict(sorted(kept.items())), "metrics": {}}
+    tags = {k: run.data.tags[k.removeprefix("tags.")] for k in sorted(params or ())
+            if k.startswith("tags.") and k.removeprefix("tags.") in run.data.tags}
+    if tags:
+        out["tags"] = {k.removeprefix("tags."): v for k, v in tags.items()}
     for name in metrics:
         if name not in run.data.metrics:
             continue
@@ -124,6 +129,6 @@ def load(path: Path, store: Any) -> int:
         parent_id = _write(store, experiment_id, parent, parent["tags"])
         count += 1
         for child in parent.get("children", []):
-            _write(store, experiment_id, child, {"mlflow.parentRunId": parent_id})
+            _write(store, experiment_id, child, {**child.get("tags", {}), "mlflow.parentRunId": parent_id})
             count += 1
     return count

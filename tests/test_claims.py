@@ -113,7 +113,7 @@ def test_shipped_claims_name_existing_spaces_and_decide_on_their_params() -> Non
     shipped = claims.all_claims()
     assert len(shipped) >= 2
     for claim in shipped.values():
-        assert claim.command == "nas" or (ROOT / claim.space).is_file(), claim.space  # nas: "" is its default space
+        assert claim.command in ("nas", "rl") or (ROOT / claim.space).is_file(), claim.space  # bare rl: per variant
         assert set(claims.BUDGETS) <= set(claim.budgets) and claim.sentence and claim.paper
         for preset in claim.budgets.values():
             assert preset.seeds >= claims.MIN_RUNS
@@ -194,12 +194,23 @@ def trial_params(claim: claims.Claim, preset: str) -> tuple[registry.TrainableSp
     spec = None
     for variant in claim.variants:
         pins, other = split_variant(variant)
+        space_file, algorithm = claim.space, None
+        if claim.command == "rl":  # a bare rl claim: each variant names its algorithm, and maybe its --sweep
+            algorithm, other = other[0], other[1:]
+            if other[:1] == ["--sweep"]:
+                space_file, other = other[1], other[2:]
         assert not other, f"{claim.name}: a {claim.command} variant only pins values, got {other}"
-        space = spaces.load_space(str(ROOT / claim.space)).with_overrides({**budget.overrides, **pins})
+        # the offline RL data is a folder on the user's disk, checked when the claim runs: not here
+        overrides = {k: v for k, v in {**budget.overrides, **pins}.items() if k != "data"}
+        if space_file:
+            space = spaces.load_space(str(ROOT / space_file)).with_overrides(overrides)
+        else:  # a plain run: orchestrator.rl's one-trial space
+            space = spaces.SweepSpace(name=algorithm, path=ROOT, trainable=algorithm).with_overrides(overrides)
         space.seeds = budget.seeds
         spec = registry.get(space.trainable)
         if claim.command.startswith("rl"):
-            assert space.trainable == claim.command.split()[1], f"{claim.name}: space is for {space.trainable}"
+            wanted = algorithm or claim.command.split()[1]
+            assert space.trainable == wanted, f"{claim.name}: space is for {space.trainable}"
         base = space.validate(spec)
         combos = space.variants if space.variants is not None else [
             dict(zip(space.searched, values, strict=True))
@@ -207,7 +218,7 @@ def trial_params(claim: claims.Claim, preset: str) -> tuple[registry.TrainableSp
         for combo in combos:
             for offset in range(budget.seeds):
                 config = spec.resolve({**space.fixed, **combo, "seed": int(base["seed"]) + offset})
-                rows.append(tracking.flatten(config))
+                rows.append({**tracking.flatten(config), "tags.trainable": spec.name})
     assert spec is not None
     return spec, rows
 
@@ -258,7 +269,7 @@ def test_a_shipped_claim_names_a_results_section_and_a_fitting_unit(name: str) -
     claim = get_claim(name)
     assert claim.results_section in results_sections(), f"{name}: no heading '{claim.results_section}'"
     assert (claim.unit == "search") == (claim.command == "nas"), f"{name}: a NAS search is one sample, a trial is"
-    if claim.command != "nas":
+    if claim.command not in ("nas", "rl"):  # a bare rl claim's variants name their own spaces (trial_params)
         assert (ROOT / claim.space).is_file(), claim.space
 
 
@@ -276,8 +287,9 @@ def test_a_shipped_claims_budget_validates_and_its_arms_select_runs(name: str, p
             assert metric in declared, f"{name}: a NAS parent run logs no metric '{metric}'"
             assert mode in (None, declared[metric]), f"{name}: {metric} is better when {declared[metric]}"
     else:
-        parser = sweep.build_parser()
-        parser.parse_args([claim.space, "--seeds", str(budget.seeds), *budget.sweep_args])  # the flags exist
+        if claim.command == "sweep":
+            parser = sweep.build_parser()
+            parser.parse_args([claim.space, "--seeds", str(budget.seeds), *budget.sweep_args])  # the flags exist
         trainable, rows = trial_params(claim, preset)
         for metric in (spec.metric, getattr(spec, "b_metric", None) or spec.metric):
             assert trainable.mode(metric) == spec.mode, f"{name}: {metric} is better when {trainable.mode(metric)}"
