@@ -220,24 +220,28 @@ def newest_round(parents: list[Any]) -> list[Any]:
     return list(chosen.values())
 
 
+def as_frame(runs: list[Any]) -> pd.DataFrame:
+    """Runs as ``mlflow.search_runs`` frames them (``run_id``, ``status``, ``params.*``, ``metrics.*``, ``tags.*``),
+    built from the client's results: the fluent search would set the process's tracking URI (and its environment
+    variable, which every later subprocess inherits)."""
+    rows = [{"run_id": run.info.run_id, "status": run.info.status,
+             **{f"params.{k}": v for k, v in run.data.params.items()},
+             **{f"metrics.{k}": v for k, v in run.data.metrics.items()},
+             **{f"tags.{k}": v for k, v in run.data.tags.items()}} for run in runs]
+    return pd.DataFrame(rows)
+
+
 def samples(mlflow: Any, claim: Claim, parents: list[Any]) -> pd.DataFrame:
     """The claim's samples from ``parents``, shaped like ``mlflow.search_runs`` output (one row a run)."""
-    import mlflow as mlflow_module
-
     if not parents:
         return pd.DataFrame()
-    ids = [run.info.run_id for run in parents]
-    experiment_ids = sorted({run.info.experiment_id for run in parents})
-    mlflow_module.set_tracking_uri(mlflow.tracking_uri)
     if claim.unit == "search":
-        quoted = ", ".join(f"'{i}'" for i in ids)
-        frame = mlflow_module.search_runs(experiment_ids, filter_string=f"attributes.run_id IN ({quoted})",
-                                          max_results=10_000)
+        frame = as_frame(parents)
     else:
-        frames = [mlflow_module.search_runs(experiment_ids, filter_string=f"tags.`mlflow.parentRunId` = '{i}'",
-                                            max_results=10_000) for i in ids]
-        frame = pd.concat([f for f in frames if not f.empty], ignore_index=True) if any(
-            not f.empty for f in frames) else pd.DataFrame()
+        children = [child for parent in parents for child in mlflow.search_runs(
+            [parent.info.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+            max_results=10_000)]
+        frame = as_frame(children)
     if claim.read_at == "selected" and not frame.empty:
         frame = _with_selected(mlflow, claim, frame)
     return frame

@@ -179,7 +179,10 @@ def test_a_driver_without_the_token_is_refused_and_the_sweep_with_it_runs(token_
         "bare, wrong token": ([sys.executable, "-c", join, token_cluster.address], _without_token(
             token_cluster, home, RAY_AUTH_MODE="token", RAY_AUTH_TOKEN_PATH=str(wrong))),
         "sweep, no token": ([sys.executable, *sweep], _without_token(token_cluster, home)),
-        "sweep, token": ([sys.executable, *sweep], {**token_cluster.env, "PYTHONUNBUFFERED": "1"}),
+        # without an inherited MLFLOW_TRACKING_URI: the store is the working directory's (another test in the same
+        # session may have set the variable: MLflow's fluent set_tracking_uri exports it)
+        "sweep, token": ([sys.executable, *sweep], {**{k: v for k, v in token_cluster.env.items()
+                                                      if k != "MLFLOW_TRACKING_URI"}, "PYTHONUNBUFFERED": "1"}),
     }
     (tmp_path / "ok").mkdir()  # the working directory (and MLflow store) of the sweep with the token
     processes = {name: subprocess.Popen(command, cwd=tmp_path / "ok" if name == "sweep, token" else tmp_path,
