@@ -81,7 +81,7 @@ def _override_text(value: Any) -> str:
     return value if isinstance(value, str) else json.dumps(value)
 
 
-def _split_set(flags: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
+def split_set(flags: tuple[str, ...]) -> tuple[dict[str, str], list[str]]:
     """A variant's ``--set k=v ...`` pins (by key) and its other flags."""
     pins: dict[str, str] = {}
     other: list[str] = []
@@ -108,7 +108,7 @@ def commands(claim: Claim, budget_name: str) -> list[Command]:
     out = []
     for flags in claim.variants:
         # one --set per command (argparse keeps the last): the budget's values, then the variant's pins over them
-        pins, variant = _split_set(flags)
+        pins, variant = split_set(flags)
         sets = {**{k: _override_text(v) for k, v in budget.overrides.items()}, **pins}
         tail = [*budget.sweep_args, *(["--set", *(f"{k}={v}" for k, v in sets.items())] if sets else [])]
         if kind == "nas":

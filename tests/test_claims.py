@@ -13,7 +13,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
-from orchestrator import claims, spaces, sweep, tracking
+from orchestrator import claim_runs, claims, spaces, sweep, tracking
 from orchestrator.claims import ClaimError, better, decide, get_claim, trend
 from trainables import registry
 
@@ -173,17 +173,9 @@ def results_sections() -> set[str]:
 
 
 def split_variant(variant: tuple[str, ...]) -> tuple[dict[str, Any], list[str]]:
-    """A variant's ``--set`` pins as typed overrides, and its other flags."""
-    pins: list[str] = []
-    other: list[str] = []
-    in_set = False
-    for item in variant:
-        if item.startswith("--"):
-            in_set = item == "--set"
-            if in_set:
-                continue
-        (pins if in_set else other).append(item)
-    return spaces.parse_overrides(pins), other
+    """A variant's ``--set`` pins as typed overrides, and its other flags (as the repro command splits them)."""
+    pins, other = claim_runs.split_set(variant)
+    return spaces.parse_overrides([f"{key}={value}" for key, value in pins.items()]), other
 
 
 def trial_params(claim: claims.Claim, preset: str) -> tuple[registry.TrainableSpec, list[dict[str, str]]]:

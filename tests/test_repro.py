@@ -175,7 +175,7 @@ def test_every_claims_commands_carry_its_budget_and_pins_to_the_cli() -> None:
             for command, flags in zip(claim_runs.commands(claim, budget_name),
                                       _variants_per_command(claim, budget.seeds), strict=True):
                 args = parsers[command.module].parse_args(command.runnable())
-                pins, _ = claim_runs._split_set(flags)
+                pins, _ = claim_runs.split_set(flags)
                 expected = {**budget.overrides, **spaces.parse_overrides([f"{k}={v}" for k, v in pins.items()])}
                 assert spaces.parse_overrides(args.set) == expected, (claim.name, budget_name, command.line())
 
