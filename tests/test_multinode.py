@@ -136,7 +136,8 @@ def _wait_for_held_checkpoint(cluster: LoopbackCluster, uri: str, experiment: st
             _, children = child_runs(uri, experiment)
         except Exception:  # noqa: BLE001 (the store or the experiment does not exist yet)
             return None
-        return next((r for r in children if r.data.params["x"] == x and "checkpoint" in r.data.tags), None)
+        # .get: the callback creates a trial's run before it logs the run's params (a poll can fall between)
+        return next((r for r in children if r.data.params.get("x") == x and "checkpoint" in r.data.tags), None)
 
     return cluster.wait_for(held, "the held trial's first checkpoint", timeout=300)
 
