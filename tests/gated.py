@@ -120,9 +120,21 @@ def register_all() -> list[str]:
     return ["gated", "gated_rl", "gated_nas_child"]
 
 
+def register_probe_claim(space: str) -> None:
+    """A claim on ``gated`` trials of the space file ``space`` (``x`` 0 against 1, 3 seeds at every budget), so that
+    ``orchestrator.repro`` can be interrupted while a trial of it is held."""
+    from orchestrator.claims import BUDGETS, Budget, Claim, better, register_claim
+
+    register_claim(Claim(name="gated_probe", paper="a test", sentence="x = 0 has the lower val_error", space=space,
+                         budgets={name: Budget({}) for name in BUDGETS}, select_metric="val_error",
+                         comparison=better("val_error", "min", a={"x": 0}, b={"x": 1})))
+
+
 if __name__ == "__main__":  # python -m tests.gated orchestrator.sweep ARGS...: the CLI with these registered
     from orchestrator import cli
 
     register_all()
+    if os.environ.get("GATED_CLAIM_SPACE"):  # and orchestrator.repro's probe claim on that space file
+        register_probe_claim(os.environ["GATED_CLAIM_SPACE"])
     module = importlib.import_module(sys.argv[1])
     sys.exit(cli.run(module.main, sys.argv[2:]))

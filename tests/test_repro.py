@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import claim_runs, claims, results_doc, run_snapshot
-from tests.conftest import REPO, run_cli
+from tests.conftest import REPO, run_cli, run_gated_cli, start_gated_cli, wait_until
 
 CLAIM = "mask_rcnn_roialign"  # the cheapest claim at its smoke budget (6 trials of 2 steps)
 
@@ -199,3 +199,38 @@ def test_two_claims_on_one_sweep_share_its_runs(tmp_path: Path, ray_address: str
     assert tags["repro.claims"] == " gumbel_annealing_soft gumbel_annealing_straight_through "
     for name, output in (("gumbel_annealing_soft", first), ("gumbel_annealing_straight_through", second)):
         assert f"verdict: {tags[f'repro.{name}.verdict_line']}" in output.stdout
+
+
+def test_an_interrupted_check_continues_its_sweep_and_records_each_trial_once(tmp_path: Path, ray_address: str,
+                                                                             monkeypatch) -> None:
+    import signal
+
+    gate = tmp_path / "gate"
+    space = tmp_path / "probe.yaml"  # x = 1 is held after its first epoch until the gate exists
+    space.write_text(f"trainable: gated\nconfig: {{epochs: 2, hold_x: 1, gate: '{gate}'}}\n"
+                     "space:\n  x: {grid: [0, 1]}\n")
+    monkeypatch.setenv("GATED_CLAIM_SPACE", str(space))
+    args = ["gated_probe", "--budget", "smoke", "--address", ray_address]
+    process = start_gated_cli("orchestrator.repro", args, tmp_path)
+    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
+
+    def children() -> list:
+        experiment = client.get_experiment_by_name("repro-probe")
+        runs = client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
+        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+    wait_until(lambda: any(r.data.params.get("x") == "1" and "checkpoint" in r.data.tags for r in children()),
+               "a held trial's first checkpoint", process)
+    process.send_signal(signal.SIGINT)
+    _, err = process.communicate(timeout=300)
+    assert process.returncode == 130, err[-3000:]
+    assert "continue with: python -m orchestrator.repro gated_probe --budget smoke" in err
+    gate.touch()
+
+    again = run_gated_cli("orchestrator.repro", args, tmp_path)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "continuing the interrupted run" in again.stdout and "verdict: " in again.stdout
+    runs = children()
+    assert sorted((r.data.params["x"], r.data.params["seed"]) for r in runs) == [
+        (x, s) for x in ("0", "1") for s in ("0", "1", "2")]  # each trial once, none trained twice
+    assert all(r.info.status == "FINISHED" for r in runs)
