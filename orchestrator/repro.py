@@ -201,7 +201,7 @@ def check_all(budget: str, args: argparse.Namespace) -> int:
     for name, claim in claims.all_claims().items():
         try:
             status, verdict = check_claim(claim, budget, args)
-        except cli.user_error_types() as err:
+        except (*cli.user_error_types(), ClaimError) as err:  # a claim whose runs cannot be read: the rest still run
             outcomes.append((name, "skipped: " + " ".join(str(err).split())))
             print(f"claim '{name}' skipped: {outcomes[-1][1]}", file=sys.stderr)
             continue

@@ -156,13 +156,16 @@ def test_all_reports_each_claim_and_fails_if_one_could_not_run(monkeypatch, caps
     def check(claim, budget, args):  # noqa: ANN001, ANN202
         if claim.name == names[0]:
             raise cli.UserError("needs 1 GPU per trial; this machine has none")
+        if claim.name == names[1]:
+            raise claims.ClaimError("the runs have no metric column metrics.x")
         return 0, claims.Verdict("inconclusive", 0.1, (-1.0, 1.2), 0.5, 3, 3, "Welch t-test", 0.95)
 
     monkeypatch.setattr(repro, "check_claim", check)
     status = repro.check_all("gpu", SimpleNamespace())
     out = capsys.readouterr()
     assert status == 1 and f"{names[0]}: skipped: needs 1 GPU per trial" in out.out
-    assert all(f"{name}: inconclusive: effect +0.1" in out.out for name in names[1:])
+    assert f"{names[1]}: skipped: the runs have no metric column metrics.x" in out.out
+    assert all(f"{name}: inconclusive: effect +0.1" in out.out for name in names[2:])
 
 
 def test_every_claims_commands_carry_its_budget_and_pins_to_the_cli() -> None:
