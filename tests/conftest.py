@@ -57,6 +57,17 @@ def run_gated_cli(module: str, args: list[str], cwd: Path, timeout: float = 600)
                           capture_output=True, text=True, timeout=timeout)
 
 
+def trial_runs(store: Path, experiment: str) -> list:
+    """The child (trial) runs of MLflow ``experiment`` in the sqlite ``store``; none while it does not exist yet (a
+    poll of a command still starting)."""
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{store}")
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=1000) if found else []
+    return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+
+
 def wait_until(condition: Callable[[], Any], what: str, process: subprocess.Popen, timeout: float = 300) -> Any:
     """Poll ``condition()`` until it returns something truthy (returned); fail if ``process`` ends first or after
     ``timeout`` seconds (a generous bound on a hang, not a timing assumption)."""

@@ -15,7 +15,7 @@ from mlflow.tracking import MlflowClient
 
 from orchestrator.searchers import SEARCHERS, make_searcher, reward
 from orchestrator.searchers.controller import Controller
-from tests.conftest import run_cli, run_gated_cli, start_gated_cli, wait_until
+from tests.conftest import run_cli, run_gated_cli, start_gated_cli, trial_runs, wait_until
 from trainables import registry
 from trainables.latency import LatencyCache, cached_latency, measure_latency
 from trainables.nas_spaces import count_macs, count_params, get_space
@@ -206,9 +206,7 @@ def test_interrupted_search_resumes_the_same_search(tmp_path: Path, ray_address:
     client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def children() -> list:
-        experiment = client.get_experiment_by_name("nas")
-        runs = client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
-        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        return trial_runs(tmp_path / "mlflow.db", "nas")
 
     wait_until(lambda: any(r.data.params["trial_index"] == "2" and "checkpoint" in r.data.tags for r in children()),
                "the held child's first checkpoint", process)

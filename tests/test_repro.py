@@ -14,7 +14,7 @@ import pytest
 from mlflow.tracking import MlflowClient
 
 from orchestrator import claim_runs, claims, results_doc, run_snapshot
-from tests.conftest import REPO, run_cli, run_gated_cli, start_gated_cli, wait_until
+from tests.conftest import REPO, run_cli, run_gated_cli, start_gated_cli, trial_runs, wait_until
 
 CLAIM = "mask_rcnn_roialign"  # the cheapest claim at its smoke budget (6 trials of 2 steps)
 
@@ -215,12 +215,9 @@ def test_an_interrupted_check_continues_its_sweep_and_records_each_trial_once(tm
     monkeypatch.setenv("GATED_CLAIM_SPACE", str(space))
     args = ["gated_probe", "--budget", "smoke", "--address", ray_address]
     process = start_gated_cli("orchestrator.repro", args, tmp_path)
-    client = MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}")
 
     def children() -> list:
-        experiment = client.get_experiment_by_name("repro-probe")
-        runs = client.search_runs([experiment.experiment_id], max_results=100) if experiment else []
-        return [r for r in runs if "mlflow.parentRunId" in r.data.tags]
+        return trial_runs(tmp_path / "mlflow.db", "repro-probe")
 
     wait_until(lambda: any(r.data.params.get("x") == "1" and "checkpoint" in r.data.tags for r in children()),
                "a held trial's first checkpoint", process)
